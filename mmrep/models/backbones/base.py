@@ -1,0 +1,113 @@
+"""What every mmrep backbone shares: stem + four stages, and the mmdet options.
+
+A subclass builds ``self.stem`` and ``self.stages`` (four ``nn.Sequential``
+of blocks ending at strides 4/8/16/32); this class runs them and gives the
+options OpenMMLab users expect: ``out_indices``, ``frozen_stages``,
+``norm_eval``, ``with_cp``, ``init_cfg`` and ``deploy``.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Optional, Sequence
+
+import torch
+import torch.utils.checkpoint as cp
+from mmcv.cnn import build_norm_layer
+from mmengine.model import BaseModule
+from torch import nn
+
+from mmrep.blocks.base import NormLayer
+from mmrep.reparam import reparameterize_model
+
+NUM_STAGES = 4
+
+
+def _build_norm(norm_cfg: dict, num_features: int) -> nn.Module:
+    return build_norm_layer(norm_cfg, num_features)[1]
+
+
+def make_norm_layer(norm_cfg: Optional[dict]) -> NormLayer:
+    """A ``channels -> norm module`` factory from an mmcv ``norm_cfg`` (BN, SyncBN, ...)."""
+    return partial(_build_norm, dict(norm_cfg or dict(type='BN', requires_grad=True)))
+
+
+def check_choice(name: str, value, valid: Sequence) -> None:
+    """Raise a ValueError naming ``value`` and listing the valid choices."""
+    if value not in valid:
+        raise ValueError(f'unknown {name} {value!r}; valid: {", ".join(map(repr, valid))}')
+
+
+class RepBackbone(BaseModule):
+    """Base class of the mmrep backbones.
+
+    Args:
+        out_indices: which stage outputs to return; 0..3 are strides 4/8/16/32.
+        frozen_stages: -1 freezes nothing, 0 the stem, ``i`` the stem and the
+            first ``i`` stages (as mmdet's ResNet).
+        norm_eval: keep every norm layer in eval mode while training.
+        with_cp: trade compute for memory with activation checkpointing per block.
+        deploy: the network is built in its fused, plain form.
+        init_cfg: mmengine init config, e.g. ``dict(type='Pretrained', checkpoint=...)``.
+    """
+
+    def __init__(self, out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1,
+                 norm_eval: bool = False, with_cp: bool = False, deploy: bool = False,
+                 init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        out_indices = tuple(out_indices)
+        bad = [i for i in out_indices if not 0 <= i < NUM_STAGES]
+        if bad or not out_indices:
+            raise ValueError(f'out_indices {out_indices} must be a non-empty subset of '
+                             f'0..{NUM_STAGES - 1} (strides 4/8/16/32)')
+        if not -1 <= frozen_stages <= NUM_STAGES:
+            raise ValueError(f'frozen_stages must be in -1..{NUM_STAGES}, got {frozen_stages}')
+        self.out_indices = out_indices
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.with_cp = with_cp
+        self.deploy = deploy
+
+    # subclasses set these
+    stem: nn.Module
+    stages: nn.ModuleList
+
+    def _run(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.with_cp and self.training and x.requires_grad:
+            return cp.checkpoint(block, x, use_reentrant=False)
+        return block(x)
+
+    def forward(self, x: torch.Tensor) -> tuple:
+        x = self._run(self.stem, x)
+        outs = []
+        for i, stage in enumerate(self.stages):
+            for block in stage:
+                x = self._run(block, x)
+            if i in self.out_indices:
+                outs.append(x)
+        return tuple(outs)
+
+    def _freeze_stages(self) -> None:
+        if self.frozen_stages < 0:
+            return
+        frozen = [self.stem] + list(self.stages[:self.frozen_stages])
+        for module in frozen:
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
+
+    def reparameterize(self) -> None:
+        """Fuse every block in place (see :func:`mmrep.reparameterize_model`)."""
+        reparameterize_model(self, inplace=True)
+        self.deploy = True
+
+    # mmdeploy and mmpretrain call this name on backbones
+    switch_to_deploy = reparameterize
