@@ -1,0 +1,33 @@
+"""Test-wide settings.
+
+One torch thread: on the 2 shared cores, two OpenMP threads make the many tiny
+convs and einsums of these tests 10-200x slower.
+"""
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(os.path.dirname(REPO_ROOT), 'shared', 'data')
+
+
+@pytest.fixture(autouse=True, scope='session')
+def _one_torch_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def shared_data(name: str) -> str:
+    """Path of a real data set in ../shared/data, or skip saying why (never under CI=true)."""
+    path = os.path.join(SHARED_DATA, name)
+    if not os.path.isdir(path):
+        if os.environ.get('CI') == 'true':
+            pytest.fail(f'CI=true but the real data {path} is missing')
+        pytest.skip(f'real data {path} is absent on this machine')
+    return path
