@@ -245,3 +245,65 @@ def spread_1x1(kernel_1x1: Tensor, spatial: Tensor) -> Tensor:
     if spatial.dim() == 2:
         spatial = spatial.unsqueeze(0)
     return kernel_1x1 * spatial.unsqueeze(1)
+
+
+def compose_kxk_kxk(first: KernelBias, second: KernelBias, groups: int = 1) -> KernelBias:
+    """Sequential ``k1 x k1`` conv then ``k2 x k2`` conv (stride 1, same groups), as one conv.
+
+    With ``W1`` of shape ``(M, C/g, k1, k1)`` and ``W2`` of shape ``(O, M/g, k2, k2)``
+    the composite has size ``K = k1 + k2 - 1`` and is their full 2-D convolution
+    (per group): ``W[o, c, s, t] = sum_{m, u, v} W2[o, m, u, v] * W1[m, c, s - u, t - v]``,
+    and ``b[o] = b2[o] + sum_{m, u, v} W2[o, m, u, v] * b1[m]``. Exact for the
+    stack run on an input zero-padded once by ``P1 + P2`` (the composite's
+    padding); with each conv padding its own input, the two differ within
+    ``P2`` pixels of the border (and the bias term as in :func:`compose_1x1_kxk`).
+    """
+    w1, b1 = first
+    w2, b2 = second
+    if w1.shape[0] % groups or w2.shape[0] % groups or w2.shape[1] * groups != w1.shape[0]:
+        raise ValueError(f'a {tuple(w2.shape)} kernel cannot follow a {tuple(w1.shape)} '
+                         f'kernel with groups={groups}')
+    k2h, k2w = w2.shape[-2:]
+    # conv2d correlates; flipping W2 turns it into the convolution the stack computes.
+    # Batch = the C/g input channels, channels = the M intermediate ones.
+    kernel = F.conv2d(w1.transpose(0, 1), w2.flip(-2, -1), padding=(k2h - 1, k2w - 1),
+                      groups=groups).transpose(0, 1)
+    w2_grouped = w2.reshape(groups, w2.shape[0] // groups, w2.shape[1], -1)  # (g, O/g, M/g, k*k)
+    bias = b2 + torch.einsum('gomt,gm->go', w2_grouped, b1.reshape(groups, -1)).reshape(-1)
+    return kernel, bias
+
+
+def compose_dw_pw(first: KernelBias, second: KernelBias, in_channels: int,
+                  groups: int = 1) -> KernelBias:
+    """Depthwise ``k x k`` conv then a (grouped) ``1x1`` conv, as one ``k x k`` conv.
+
+    The depthwise conv ``W1`` of shape ``(C*r, 1, k, k)`` (``groups=C``) makes the
+    ``r`` maps ``c*r .. c*r + r - 1`` of input channel ``c``; the ``1x1`` conv ``W2``
+    of shape ``(O, C*r/g, 1, 1)`` has groups ``g``. For output ``o`` of group ``j``
+    and input channel ``c = j*C/g + c'``:
+    ``W[o, c', u, v] = sum_e W2[o, c'*r + e] * W1[c*r + e, 0, u, v]`` and
+    ``b[o] = b2[o] + sum_m W2[o, m] * b1[j*C*r/g + m]``. Exact everywhere (the
+    ``1x1`` conv has no padding). For ``g = 1`` this is :func:`compose_kxk_1x1`
+    with ``groups=C``, as one vectorized product (no loop over channels).
+    """
+    w1, b1 = first
+    w2, b2 = second
+    mid = w1.shape[0]
+    if w1.shape[1] != 1 or w2.shape[-2:] != (1, 1):
+        raise ValueError(f'expected a depthwise kernel (C*r, 1, k, k) and a 1x1 kernel, got '
+                         f'{tuple(w1.shape)} and {tuple(w2.shape)}')
+    if (mid % in_channels or in_channels % groups or w2.shape[0] % groups
+            or w2.shape[1] * groups != mid):
+        raise ValueError(f'kernels {tuple(w1.shape)} and {tuple(w2.shape)} do not make a '
+                         f'depthwise-separable pair for {in_channels} channels, groups={groups}')
+    out_channels = w2.shape[0]
+    ratio, per_group = mid // in_channels, in_channels // groups
+    dw = w1.reshape(groups, per_group, ratio, *w1.shape[-2:])  # (g, C/g, r, k, k)
+    pw = w2.reshape(groups, out_channels // groups, per_group, ratio)  # (g, O/g, C/g, r)
+    kernel = torch.einsum('gocr,gcruv->gocuv', pw, dw).reshape(
+        out_channels, per_group, *w1.shape[-2:])
+    bias = b2 + torch.einsum('gom,gm->go', pw.flatten(2), b1.reshape(groups, -1)).reshape(-1)
+    return kernel, bias
+
+
+__all__ += ['compose_kxk_kxk', 'compose_dw_pw']
