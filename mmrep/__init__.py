@@ -1,5 +1,13 @@
-"""mmrep: structural re-parameterization for OpenMMLab detection and segmentation."""
-from .reparam import reparameterize_model
-from .version import __version__
+"""mmrep: structural re-parameterization for OpenMMLab detection and segmentation.
 
-__all__ = ['reparameterize_model', '__version__']
+``import mmrep`` (or ``custom_imports=dict(imports=['mmrep'])`` in a config)
+registers the backbones, the neck and ``RepDeployHook`` with mmdet and mmseg.
+"""
+from .reparam import count_unfused, reparameterize_model
+from .version import __version__
+from . import compat  # noqa: F401  (mmengine checkpoints under torch>=2.6)
+from . import config_scope  # noqa: F401  (_base_ = 'mmrep::configs/...')
+from .config_scope import config_path
+from . import registry  # noqa: F401,E402
+
+__all__ = ['reparameterize_model', 'count_unfused', 'config_path', '__version__']

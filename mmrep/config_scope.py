@@ -1,0 +1,28 @@
+"""``_base_ = 'mmrep::configs/<name>.py'`` for downstream configs.
+
+mmengine 0.10.7 resolves ``pkg::`` bases only for packages in its
+``MODULE2PACKAGE`` table, and only in the form ``pkg::folder/file.py``. After
+``import mmrep`` (mmrep's tools do it before reading a config) mmrep is in the
+table and its configs are found under ``mmrep/.mim/configs/configs``, a link
+to the repository's ``configs/``.
+"""
+import os.path as osp
+
+from mmengine.config import utils as config_utils
+
+CONFIG_ROOT = osp.join(osp.dirname(osp.abspath(__file__)), '.mim', 'configs', 'configs')
+
+
+def register_config_scope() -> None:
+    config_utils.MODULE2PACKAGE.setdefault('mmrep', 'mmrep')
+
+
+def config_path(name: str) -> str:
+    """Absolute path of an mmrep config, e.g. ``config_path('retinanet_repghost_1x.py')``."""
+    path = osp.join(CONFIG_ROOT, name)
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'no mmrep config {name!r} in {CONFIG_ROOT}')
+    return path
+
+
+register_config_scope()

@@ -1,0 +1,27 @@
+"""OpenMMLab glue: registers mmrep's models and hooks where configs look them up.
+
+mmdet and mmseg configs build models from their own registries (default
+scope ``mmdet`` / ``mmseg``), so every class is registered in both.
+"""
+from mmdet.registry import HOOKS as MMDET_HOOKS
+from mmdet.registry import MODELS as MMDET_MODELS
+from mmengine.registry import HOOKS as MMENGINE_HOOKS
+from mmseg.registry import HOOKS as MMSEG_HOOKS
+from mmseg.registry import MODELS as MMSEG_MODELS
+
+from mmrep.engine.rep_deploy_hook import RepDeployHook
+from mmrep.models.backbones.orepa_resnet import OREPAResNet
+from mmrep.models.backbones.repghostnet import RepGhostNet
+from mmrep.models.backbones.replknet import RepLKNet
+from mmrep.models.backbones.repvgg import RepVGG
+from mmrep.models.necks.rep_pafpn import RepPAFPN
+
+MODEL_CLASSES = (RepVGG, RepGhostNet, OREPAResNet, RepLKNet, RepPAFPN)
+HOOK_CLASSES = (RepDeployHook,)
+
+for _registry in (MMDET_MODELS, MMSEG_MODELS):
+    for _cls in MODEL_CLASSES:
+        _registry.register_module(module=_cls, force=True)
+for _registry in (MMENGINE_HOOKS, MMDET_HOOKS, MMSEG_HOOKS):
+    for _cls in HOOK_CLASSES:
+        _registry.register_module(module=_cls, force=True)
