@@ -1,0 +1,75 @@
+"""Agreement between PyTorch and onnxruntime predictions (mmdet / mmseg data samples)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def _np(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    lt = np.maximum(box[:2], boxes[:, :2])
+    rb = np.minimum(box[2:], boxes[:, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(1)
+    area = lambda b: np.clip(b[..., 2] - b[..., 0], 0, None) * np.clip(b[..., 3] - b[..., 1], 0, None)
+    return inter / np.maximum(area(box) + area(boxes) - inter, 1e-9)
+
+
+def _match(ref, test, top_k):
+    """Pairs (i, j): each of ref's ``top_k`` best detections and the test
+    detection of the same label it overlaps most. The whole test set is
+    searched because near-equal scores may swap ranks across the top-k border.
+    """
+    ref_boxes, ref_labels = _np(ref.bboxes), _np(ref.labels)
+    test_boxes, test_labels = _np(test.bboxes), _np(test.labels)
+    order = np.argsort(-_np(ref.scores), kind='stable')[:top_k]
+    pairs, unmatched = [], 0
+    for i in order:
+        same = np.flatnonzero(test_labels == ref_labels[i])
+        if not len(same):
+            unmatched += 1
+            continue
+        ious = _iou(ref_boxes[i], test_boxes[same])
+        if ious.max() < 0.5:
+            unmatched += 1
+            continue
+        pairs.append((i, same[ious.argmax()], float(ious.max())))
+    return pairs, unmatched
+
+
+def compare_detections(ref, test, top_k: int = 20) -> dict:
+    """Figures for ``pred_instances`` of PyTorch (``ref``) vs the backend (``test``)."""
+    pairs, unmatched = _match(ref, test, top_k)
+    box_diff = [float(np.abs(_np(ref.bboxes)[i] - _np(test.bboxes)[j]).max()) for i, j, _ in pairs]
+    score_diff = [abs(float(_np(ref.scores)[i]) - float(_np(test.scores)[j])) for i, j, _ in pairs]
+    return dict(
+        torch_count=int(len(ref.bboxes)), onnx_count=int(len(test.bboxes)),
+        compared=len(pairs) + unmatched, matched=len(pairs), unmatched=unmatched,
+        min_iou=min((p[2] for p in pairs), default=None),
+        max_box_abs_diff=max(box_diff, default=None),
+        max_score_abs_diff=max(score_diff, default=None),
+        _pairs=pairs)
+
+
+def compare_instances(ref, test, top_k: int = 20) -> dict:
+    """Detection figures plus the IoU of the matched instance masks."""
+    report = compare_detections(ref, test, top_k)
+    ref_masks, test_masks = _np(ref.masks).astype(bool), _np(test.masks).astype(bool)
+    ious = []
+    for i, j, _ in report['_pairs']:
+        union = np.logical_or(ref_masks[i], test_masks[j]).sum()
+        inter = np.logical_and(ref_masks[i], test_masks[j]).sum()
+        ious.append(1.0 if union == 0 else float(inter / union))
+    report.update(min_mask_iou=min(ious, default=None),
+                  mean_mask_iou=float(np.mean(ious)) if ious else None)
+    return report
+
+
+def compare_segmentation(ref, test) -> dict:
+    """Share of pixels where PyTorch and the backend predict the same class."""
+    a, b = _np(ref.data).squeeze(), _np(test.data).squeeze()
+    if a.shape != b.shape:
+        return dict(shape_torch=list(a.shape), shape_onnx=list(b.shape), pixel_agreement=0.0)
+    return dict(pixels=int(a.size), pixel_agreement=float((a == b).mean()))
