@@ -1,0 +1,37 @@
+# UPerNet with RepLKNet-31B on ADE20K 512x512, 160k iterations, the RepLKNet
+# paper's recipe: AdamW lr 2e-4, weight decay 0.05 (none on norms), 1500-iter
+# linear warm-up then poly decay, drop path 0.5, normalized stage outputs,
+# batch 16 (4 GPUs x 4 images). RepDeployHook fuses the large kernels before testing.
+_base_ = 'mmseg::upernet/upernet_r50_4xb4-160k_ade20k-512x512.py'
+
+custom_imports = dict(imports=['mmrep'], allow_failed_imports=False)
+
+norm_cfg = dict(type='SyncBN', requires_grad=True)
+model = dict(
+    pretrained=None,
+    backbone=dict(
+        _delete_=True,
+        type='RepLKNet',
+        arch='31B',
+        out_indices=(0, 1, 2, 3),
+        drop_path_rate=0.5,
+        norm_intermediate_features=True,
+        norm_cfg=norm_cfg,
+        # no weights are downloaded: point this at a converted ImageNet-1K checkpoint,
+        # e.g. init_cfg=dict(type='Pretrained', checkpoint='RepLKNet-31B_ImageNet-1K_224.pth')
+        init_cfg=None),
+    decode_head=dict(in_channels=[128, 256, 512, 1024], num_classes=150),
+    auxiliary_head=dict(in_channels=512, num_classes=150))
+
+optim_wrapper = dict(
+    _delete_=True,
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=2e-4, betas=(0.9, 0.999), weight_decay=0.05),
+    paramwise_cfg=dict(norm_decay_mult=0.))
+
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
+    dict(type='PolyLR', eta_min=0.0, power=1.0, begin=1500, end=160000, by_epoch=False),
+]
+
+custom_hooks = [dict(type='RepDeployHook')]
