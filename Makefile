@@ -1,0 +1,22 @@
+# Two commands do everything on a fresh machine:
+#   make demo   - set up .venv, then train, evaluate, fuse, re-evaluate and export on built-in data
+#   make test   - set up .venv, then run the test suite
+PY := .venv/bin/python
+STAMP := .venv/.mmrep-installed
+
+.PHONY: demo test setup benchmark
+
+$(STAMP): scripts/setup_env.sh requirements.txt setup.py
+	bash scripts/setup_env.sh
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) tools/demo.py
+
+test: $(STAMP)
+	$(PY) -m pytest tests -q -p no:cacheprovider
+
+benchmark: $(STAMP)
+	$(PY) benchmarks/fusion_speed.py
