@@ -4,7 +4,8 @@ mmengine 0.10.7 resolves ``pkg::`` bases only for packages in its
 ``MODULE2PACKAGE`` table, and only in the form ``pkg::folder/file.py``. After
 ``import mmrep`` (mmrep's tools do it before reading a config) mmrep is in the
 table and its configs are found under ``mmrep/.mim/configs/configs``, a link
-to the repository's ``configs/``.
+to the repository's ``configs/`` (``mmrep/.mim/model-index.yml`` lists no
+models, so mmengine takes the path as it is).
 """
 import os.path as osp
 
@@ -14,7 +15,10 @@ CONFIG_ROOT = osp.join(osp.dirname(osp.abspath(__file__)), '.mim', 'configs', 'c
 
 
 def register_config_scope() -> None:
-    config_utils.MODULE2PACKAGE.setdefault('mmrep', 'mmrep')
+    # mmengine maps the scope to a name it finds with pkg_resources, else with
+    # importlib. 'mmrep.config_scope' is no distribution, so importlib finds this
+    # file and mmrep/ is the package path: right for editable installs too.
+    config_utils.MODULE2PACKAGE.setdefault('mmrep', __name__)
 
 
 def config_path(name: str) -> str:

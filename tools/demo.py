@@ -81,6 +81,14 @@ def main():
                               draw_gt=False, pred_score_thr=0.3, out_file=picture)
     result['picture'] = picture
 
+    # export the trained (unfused) checkpoint: fuse, ONNX through mmdeploy, check in onnxruntime
+    from mmrep.deploy import export_and_verify
+    with open(osp.join(args.work_dir, 'last_checkpoint')) as f:
+        last_checkpoint = f.read().strip()
+    report = export_and_verify(osp.join(ROOT, 'configs', 'deploy', 'detection_onnxruntime_static.py'),
+                               cfg, last_checkpoint, image, osp.join(args.work_dir, 'onnx'))
+    result['onnx_report'] = osp.join(args.work_dir, 'onnx', 'report.json')
+
     with open(osp.join(args.work_dir, 'demo_result.json'), 'w') as f:
         json.dump(result, f, indent=2)
     print('\n=== mmrep demo: RetinaNet-RepGhostNet on the built-in shapes data ===')
@@ -89,6 +97,7 @@ def main():
     print(f'latency per batch of {result["batch_size"]} (CPU): unfused {unfused_ms:.1f} ms | '
           f'fused {fused_ms:.1f} ms')
     print(f'picture of fused detections: {picture}')
+    print(f"ONNX export checked in onnxruntime: ok={report.get('ok')}, report {result['onnx_report']}")
     if result['mAP_difference'] > 0.001:
         raise SystemExit('fused and unfused mAP differ by more than 0.001')
     return result
