@@ -6,9 +6,11 @@ scope ``mmdet`` / ``mmseg``), so every class is registered in both.
 from mmdet.registry import HOOKS as MMDET_HOOKS
 from mmdet.registry import MODELS as MMDET_MODELS
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
+from mmengine.registry import MODEL_WRAPPERS
 from mmseg.registry import HOOKS as MMSEG_HOOKS
 from mmseg.registry import MODELS as MMSEG_MODELS
 
+from mmrep.engine.cpu_ddp import CPUDistributedDataParallel
 from mmrep.engine.rep_deploy_hook import RepDeployHook
 from mmrep.models.backbones.orepa_resnet import OREPAResNet
 from mmrep.models.backbones.repghostnet import RepGhostNet
@@ -25,3 +27,4 @@ for _registry in (MMDET_MODELS, MMSEG_MODELS):
 for _registry in (MMENGINE_HOOKS, MMDET_HOOKS, MMSEG_HOOKS):
     for _cls in HOOK_CLASSES:
         _registry.register_module(module=_cls, force=True)
+MODEL_WRAPPERS.register_module(module=CPUDistributedDataParallel, force=True)

@@ -91,14 +91,17 @@ def test_dist_train_two_gloo_processes(tmp_path):
     cmd = ['bash', osp.join(REPO_ROOT, 'tools', 'dist_train.sh'),
            osp.join(REPO_ROOT, 'configs', 'retinanet_repghost_shapes_demo.py'), '2',
            '--work-dir', str(tmp_path / 'work'), '--cfg-options',
-           'env_cfg.dist_cfg.backend=gloo', 'train_cfg.max_iters=1', 'train_cfg.val_interval=1000',
+           'train_cfg.max_iters=1', 'train_cfg.val_interval=1000',
            'default_hooks.checkpoint.interval=1', 'train_dataloader.batch_size=1',
            'train_dataloader.num_workers=0', 'train_dataloader.persistent_workers=False',
-           f'train_dataloader.dataset.data_root={root}', 'param_scheduler=[]']
+           f'train_dataloader.dataset.data_root={root}', f'val_dataloader.dataset.data_root={root}',
+           f'test_dataloader.dataset.data_root={root}',
+           f'val_evaluator.ann_file={root}annotations/val.json',
+           f'test_evaluator.ann_file={root}annotations/val.json', 'param_scheduler=[]']
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tmp_path),
                           timeout=600)
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-3000:]
-    assert 'Distributed launcher: pytorch' in log or 'world_size: 2' in log or "'world_size': 2" in log, log[-2000:]
+    assert 'Distributed training: True' in log and 'Distributed launcher: pytorch' in log, log[-2000:]
     assert osp.isfile(tmp_path / 'work' / 'iter_1.pth')
     assert osp.isfile(tmp_path / 'work' / 'iter_1_fused.pth')

@@ -53,9 +53,23 @@ def build_config(args) -> Config:
     return cfg
 
 
+def init_cpu_process_group(cfg: Config) -> None:
+    """mmengine 0.10.7's pytorch launcher calls torch.cuda.set_device, which fails
+    without a GPU: on CPU, join the torchrun process group with gloo here first."""
+    import torch
+    import torch.distributed as dist
+    if cfg.launcher == 'pytorch' and not torch.cuda.is_available() and not dist.is_initialized():
+        cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
+        if cfg.get('model_wrapper_cfg') is None:
+            cfg.model_wrapper_cfg = dict(type='CPUDistributedDataParallel', broadcast_buffers=False,
+                                         find_unused_parameters=cfg.get('find_unused_parameters', False))
+        dist.init_process_group(backend='gloo')
+
+
 def main():
     args = parse_args()
     cfg = build_config(args)
+    init_cpu_process_group(cfg)
     runner = Runner.from_cfg(cfg)
     runner.train()
 
