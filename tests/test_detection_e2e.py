@@ -170,3 +170,14 @@ def test_resume_under_torch_weights_only_default(trained, tmp_path):
     runner.train()
     assert runner.iter == 2
     assert osp.isfile(osp.join(str(tmp_path), 'iter_2.pth'))
+
+
+def test_hook_validates_a_fused_copy_without_touching_the_training_model(trained):
+    from mmrep.engine.rep_deploy_hook import RepDeployHook
+    runner = trained.runner
+    unfused_blocks = mmrep.count_unfused(runner.model)
+    metrics = runner.val_loop.run()
+    RepDeployHook(validate_fused=True).after_val_epoch(runner, metrics)
+    diff = runner.message_hub.get_scalar('val/fused/coco/bbox_mAP_diff').current()
+    assert abs(diff) <= 1e-3
+    assert mmrep.count_unfused(runner.model) == unfused_blocks > 0

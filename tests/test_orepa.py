@@ -15,14 +15,6 @@ from mmrep.models.backbones.orepa_resnet import OREPAResNet
 ONLINE_TOL = 2e-5
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    # Kernel generation is many tiny batched matmuls; on the 2 shared test cores two
-    # OpenMP threads spend far longer synchronising than computing them.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def image(*shape, seed=0):

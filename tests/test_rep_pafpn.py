@@ -18,13 +18,6 @@ STRIDES = [4, 8, 16, 32]
 OUT = 16
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    # tiny convs: with 2 threads on busy shared cores torch spends ~20x longer syncing
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def features(channels=GHOST_CHANNELS, h=128, w=192, seed=0):

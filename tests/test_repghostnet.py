@@ -22,14 +22,6 @@ STAGE_CHANNELS = {
 }
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    # Tiny convs on 2 shared cores: intra-op threads spin against other
-    # processes and make forwards ~50x slower; restore the setting after.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def image(*shape, seed=0):

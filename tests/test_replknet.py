@@ -16,14 +16,6 @@ TINY_ARCH = dict(large_kernel_sizes=(13, 11, 9, 7), layers=(1, 2, 1, 1), channel
                  small_kernel=3, dw_ratio=1.5, ffn_ratio=2)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _single_thread():
-    # On 2 busy shared cores, OpenMP threads spin-waiting on each other made the
-    # full-arch tests ~10x slower than one thread.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _deploy_twin_matches(model, deploy_model, x):
