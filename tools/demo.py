@@ -57,11 +57,14 @@ def main():
     runner = Runner.from_cfg(cfg)
     runner.train()  # RepDeployHook writes the fused checkpoint and config at the end
 
-    batch = next(iter(runner.test_dataloader))
-    unfused = runner.test_loop.run()
+    # The val loop evaluates runner.model as it is; the test loop would call
+    # RepDeployHook.before_test and so fuse before the first evaluation.
+    batch = next(iter(runner.val_dataloader))
+    unfused = runner.val_loop.run()
     unfused_ms = latency_ms(runner.model, batch)
+    assert mmrep.count_unfused(runner.model) > 0
     mmrep.reparameterize_model(runner.model, inplace=True)
-    fused = runner.test_loop.run()
+    fused = runner.val_loop.run()
     fused_ms = latency_ms(runner.model, batch)
 
     key = 'coco/bbox_mAP'  # absent when a barely trained model detects nothing: mAP 0
