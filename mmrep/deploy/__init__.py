@@ -9,6 +9,10 @@ mmdeploy 1.3 work with torch>=2.9:
   we make ``dynamo=False`` the default again (an explicit ``dynamo=`` wins).
 * ``torch.onnx.symbolic_opset9._cast_Long``, used by mmdeploy's RoIAlign
   symbolic (Mask R-CNN, Faster R-CNN), was removed; we provide it again.
+
+It also makes mmdeploy's own conversion (``mmdeploy.apis.torch2onnx``, its
+``tools/deploy.py``) fuse every mmrep block of the model, neck included,
+before exporting (:mod:`mmrep.deploy.mmdeploy_fusion`).
 """
 import functools
 
@@ -39,9 +43,13 @@ _patch_onnx_export()
 if not hasattr(_opset9, '_cast_Long'):
     _opset9._cast_Long = _cast_long
 
+from .mmdeploy_fusion import fuse_in_mmdeploy_tasks  # noqa: E402
+fuse_in_mmdeploy_tasks()
+
 from .graph_checks import check_onnx_graph, count_conv2d  # noqa: E402
 from .compare import compare_detections, compare_instances, compare_segmentation  # noqa: E402
 from .pipeline import ExportCheckError, export_and_verify  # noqa: E402
 
 __all__ = ['check_onnx_graph', 'count_conv2d', 'compare_detections', 'compare_instances',
+           'fuse_in_mmdeploy_tasks',
            'compare_segmentation', 'export_and_verify', 'ExportCheckError']
