@@ -1,8 +1,47 @@
+import os.path as osp
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 version = {}
 with open('mmrep/version.py') as f:
     exec(f.read(), version)
+
+# Runs _mmrep_startup_hook at every Python start, so stock OpenMMLab tools read
+# `_base_ = 'mmrep::configs/...'` without `import mmrep` (see that module).
+# The name sorts after setuptools' `__editable__.*.pth`, whose finder must be
+# in place before an editable install can import the hook.
+STARTUP_PTH = 'mmrep-config-scope.pth'
+STARTUP_LINE = 'import _mmrep_startup_hook; _mmrep_startup_hook.install()\n'
+
+
+class BuildPyWithStartupHook(build_py):
+    """build_py that also writes STARTUP_PTH to the root of site-packages.
+
+    A wheel installs the root of build_lib there. An editable wheel (PEP 660,
+    setuptools>=64) is made from the directory that setuptools' editable_wheel
+    sets as the `install` command's install_lib, so in editable mode the file
+    goes there.
+    """
+
+    def _pth_path(self) -> str:
+        if getattr(self, 'editable_mode', False):
+            return osp.join(self.get_finalized_command('install').install_lib, STARTUP_PTH)
+        return osp.join(self.build_lib, STARTUP_PTH)
+
+    def run(self):
+        super().run()
+        path = self._pth_path()
+        self.mkpath(osp.dirname(path))
+        with open(path, 'w') as f:
+            f.write(STARTUP_LINE)
+
+    def get_outputs(self, include_bytecode=True):
+        outputs = super().get_outputs(include_bytecode)
+        if not getattr(self, 'editable_mode', False):
+            outputs.append(self._pth_path())
+        return outputs
+
 
 setup(
     name='mmrep',
@@ -12,6 +51,12 @@ setup(
     long_description=open('README.md').read() if __import__('os').path.exists('README.md') else '',
     long_description_content_type='text/markdown',
     packages=find_packages(include=['mmrep', 'mmrep.*']),
+    py_modules=['_mmrep_startup_hook'],
+    # mmrep/.mim/configs/configs links to configs/: a wheel gets copies, so that
+    # `mmrep::configs/<name>.py` bases resolve (mmengine looks in <package>/.mim/configs)
+    package_data={'mmrep': ['.mim/model-index.yml', '.mim/configs/configs/*.py',
+                            '.mim/configs/configs/*/*.py', '.mim/configs/configs/*/*/*.py']},
+    cmdclass={'build_py': BuildPyWithStartupHook},
     python_requires='>=3.11,<3.12',
     install_requires=[
         'torch==2.14.1',

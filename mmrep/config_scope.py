@@ -2,10 +2,15 @@
 
 mmengine 0.10.7 resolves ``pkg::`` bases only for packages in its
 ``MODULE2PACKAGE`` table, and only in the form ``pkg::folder/file.py``. After
-``import mmrep`` (mmrep's tools do it before reading a config) mmrep is in the
-table and its configs are found under ``mmrep/.mim/configs/configs``, a link
-to the repository's ``configs/`` (``mmrep/.mim/model-index.yml`` lists no
-models, so mmengine takes the path as it is).
+``import mmrep`` mmrep is in the table and its configs are found under
+``mmrep/.mim/configs/configs``, a link to the repository's ``configs/`` (a
+wheel holds copies; ``mmrep/.mim/model-index.yml`` lists no models, so
+mmengine takes the path as it is).
+
+Installed mmrep also adds the entry without ``import mmrep``, at the first
+import of ``mmengine.config.utils`` in any program (``_mmrep_startup_hook``,
+run by the ``mmrep-config-scope.pth`` file setup.py installs), so stock
+OpenMMLab tools read ``mmrep::`` bases. Both add the same entry.
 """
 import os.path as osp
 
