@@ -22,7 +22,10 @@ SCOPE, SCOPE_MODULE = 'mmrep', 'mmrep.config_scope'
 
 
 def register(config_utils) -> None:
-    config_utils.MODULE2PACKAGE.setdefault(SCOPE, SCOPE_MODULE)
+    # a hook that runs in every program must not break an mmengine without the table
+    table = getattr(config_utils, 'MODULE2PACKAGE', None)
+    if isinstance(table, dict):
+        table.setdefault(SCOPE, SCOPE_MODULE)
 
 
 class _RegisterAfterExec:
