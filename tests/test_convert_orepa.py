@@ -18,6 +18,7 @@ from mmrep.converters.common import ConversionError
 from mmrep.converters.orepa_resnet import ARCHS, convert, orepa_kernel_from_official
 from mmrep.blocks.orepa import OREPAKernel
 from mmrep.models.backbones.orepa_resnet import OREPAResNet
+from test_orepa import official_identity, official_k3_prior
 
 BLOCKS = {18: ('basic', (2, 2, 2, 2)), 34: ('basic', (3, 4, 6, 3)),
           50: ('bottleneck', (3, 4, 6, 3)), 101: ('bottleneck', (3, 4, 23, 3))}
@@ -26,25 +27,11 @@ BN_EPS = 1e-5
 
 
 # ---------------------------------------------------------------- official layout
-def official_prior(channels):
-    """The official ``fre_init`` (k = 3), written out as its loops."""
-    prior = torch.zeros(channels, 3, 3)
-    half = channels / 2
-    for i in range(channels):
-        for h in range(3):
-            for w in range(3):
-                if i < half:
-                    prior[i, h, w] = math.cos(math.pi * (h + 0.5) * (i + 1) / 3)
-                else:
-                    prior[i, h, w] = math.cos(math.pi * (w + 0.5) * (i + 1 - half) / 3)
-    return prior
+BUFFERS = ('weight_orepa_avg_avg', 'weight_orepa_prior', 'id_tensor')
 
 
-def official_id_tensor(rows, in_channels, groups):
-    ident = torch.zeros(rows, in_channels // groups, 1, 1)
-    for i in range(rows):
-        ident[i, i % (in_channels // groups), 0, 0] = 1
-    return ident
+def without_buffers(leaves):
+    return {k: v for k, v in leaves.items() if k not in BUFFERS}
 
 
 def randn(gen, *shape):
@@ -76,12 +63,12 @@ def official_orepa(gen, cin, cout, groups=1, k=3):
         'weight_orepa_avg_avg': on(gen, torch.ones(k, k) / k ** 2),
         'weight_orepa_1x1': rand(gen, cout, cpg, 1, 1),
         'weight_orepa_1x1_kxk_idconv1': 0.2 * rand(gen, internal, cpg, 1, 1),
-        'id_tensor': on(gen, official_id_tensor(internal, cin, groups)),
+        'id_tensor': on(gen, official_identity(internal, cin, groups)),
         'weight_orepa_1x1_kxk_conv2': rand(gen, cout, internal // groups, k, k),
         'weight_orepa_gconv_dw': rand(gen, cin * 8, 1, k, k, fan_in=3),
         'weight_orepa_gconv_pw': rand(gen, cout, cin * 8 // groups, 1, 1),
         'vector': vector,
-        'weight_orepa_prior': on(gen, official_prior(cout)),
+        'weight_orepa_prior': on(gen, official_k3_prior(cout)),
     }
 
 
@@ -295,10 +282,9 @@ def test_kernel_generator_matches_the_official_one(groups, mirror):
     gen = torch.Generator().manual_seed(groups)
     official = official_orepa(gen, 16, 24, groups)
     expected = official_orepa_kernel(official, groups)
-    leaves = {k: v for k, v in official.items()
-              if k not in ('weight_orepa_avg_avg', 'weight_orepa_prior', 'id_tensor')}
     kernel_gen = OREPAKernel(16, 24, 3, groups)
-    kernel_gen.load_state_dict(orepa_kernel_from_official(leaves, mirror=mirror), strict=True)
+    kernel_gen.load_state_dict(orepa_kernel_from_official(without_buffers(official), mirror),
+                               strict=True)
     with torch.no_grad():
         actual = kernel_gen()
     assert_close_rel(actual, expected.flip(-2, -1) if mirror else expected, 1e-6)
@@ -309,9 +295,7 @@ def test_without_the_interleave_the_grouped_kernel_differs():
     gen = torch.Generator().manual_seed(0)
     official = official_orepa(gen, 16, 24, 2)
     kernel_gen = OREPAKernel(16, 24, 3, 2)
-    converted = orepa_kernel_from_official(
-        {k: v for k, v in official.items()
-         if k not in ('weight_orepa_avg_avg', 'weight_orepa_prior', 'id_tensor')})
+    converted = orepa_kernel_from_official(without_buffers(official))
     kernel_gen.load_state_dict(dict(converted, weight_pw=official['weight_orepa_gconv_pw']))
     with torch.no_grad():
         err = (kernel_gen() - official_orepa_kernel(official, 2)).abs().max()
@@ -330,9 +314,7 @@ def test_stem_kernel_equals_the_official_chained_cross_correlation():
     assert_close_rel(actual, expected, 1e-6)
     # renaming alone (no mirroring of the later layers) gives another stem
     for i in (1, 2):
-        prefix = f'stage0.conv1.weight{i}'
-        leaves = {k: v for k, v in leaves_of(state, prefix).items()
-                  if k not in ('weight_orepa_avg_avg', 'weight_orepa_prior', 'id_tensor')}
+        leaves = without_buffers(leaves_of(state, f'stage0.conv1.weight{i}'))
         model.stem[0].kernel_gen.layers[i].load_state_dict(orepa_kernel_from_official(leaves))
     with torch.no_grad():
         renamed_only = model.stem[0].kernel_gen()
@@ -347,7 +329,7 @@ def test_converted_training_checkpoint_gives_the_official_features(depth):
     assert 'linear.weight' in conversion.dropped and 'linear.bias' in conversion.dropped
     assert 'stage0.conv1.weight1.weight_orepa_prior' in conversion.dropped
     assert 'stage1.0.conv2.id_tensor' in conversion.dropped
-    assert not any(k.endswith(('weight_orepa_avg_avg', 'weight_orepa_prior', 'id_tensor')) for k in conversion.state_dict)
+    assert not any(k.endswith(BUFFERS) for k in conversion.state_dict)
     model = mmrep_model(depth, 0.25)
     model.load_state_dict(conversion.state_dict, strict=True)
     x = image()

@@ -167,7 +167,8 @@ def official_replknet(arch, layers=None, classifier=True, seed=0, meta=False):
                 else torch.randn(*shape, generator=gen))
 
     def conv(name, cout, cin_per_group, k):
-        state[f'{name}.weight'] = randn(cout, cin_per_group, k, k) / math.sqrt(cin_per_group * k * k)
+        fan_in = cin_per_group * k * k
+        state[f'{name}.weight'] = randn(cout, cin_per_group, k, k) / math.sqrt(fan_in)
 
     def bn(name, c):
         state.update({f'{name}.weight': 1 + 0.3 * randn(c),

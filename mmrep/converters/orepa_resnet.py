@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 from typing import Dict, List, Optional, Tuple
 
+import torch
 from torch import Tensor
 
 from mmrep.blocks.orepa import DWS_EXPANSION, frequency_prior
@@ -113,10 +114,12 @@ def orepa_kernel_from_official(leaves: Dict[str, Tensor], mirror: bool = False,
     if mirror:
         for name in ('weight_origin', 'weight_1x1_kxk_second', 'weight_dw'):
             out[name] = out[name].flip(-2, -1)
+        # cos(pi f (k - p) / k) = (-1)^f cos(pi f p / k): each prior filter mirrors to
+        # +-itself, the sign read off mmrep's own prior (a row of zeros takes +1)
         prior = frequency_prior(out_channels, origin.shape[-1])
-        # each prior filter mirrors to +-itself (rows of zeros: either sign)
-        sign = 1 - 2 * ((prior.flip(-2, -1) - prior).flatten(1).abs().amax(1) > 1e-6).float()
-        if not (prior.flip(-2, -1) - sign[:, None, None] * prior).abs().max() < 1e-6:
+        mirrored = prior.flip(-2, -1)
+        sign = torch.where(torch.isclose(mirrored, prior, atol=1e-6).flatten(1).all(1), 1., -1.)
+        if not torch.allclose(mirrored, sign[:, None, None] * prior, atol=1e-6):
             raise AssertionError('the frequency prior does not mirror to +-itself')
         out['weight_prior'] = out['weight_prior'] * sign.to(out['weight_prior']).reshape(
             -1, 1, 1, 1)

@@ -114,7 +114,7 @@ def _fold_deploy(state: Dict[str, Tensor]) -> Dict[str, Tensor]:
 def _stage_signature(state: Dict[str, Tensor], stage: int, deploy: bool):
     """(width, large kernel, small kernel or None) of a stage from its first RepLKBlock."""
     block = f'stages.{stage}.{0 if stage == 0 else 1}.large_kernel'
-    large = state.get(f'{block}.lkb_reparam.weight' if deploy else f'{block}.lkb_origin.conv.weight')
+    large = state.get(f'{block}.{"lkb_reparam" if deploy else "lkb_origin.conv"}.weight')
     if large is None:
         return None
     small = state.get(f'{block}.small_conv.conv.weight')
