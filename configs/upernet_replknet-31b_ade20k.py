@@ -1,6 +1,7 @@
 # UPerNet with RepLKNet-31B on ADE20K 512x512, 160k iterations, the RepLKNet
 # paper's recipe: AdamW lr 2e-4, weight decay 0.05 (none on norms), 1500-iter
-# linear warm-up then poly decay, drop path 0.5, normalized stage outputs,
+# linear warm-up then poly decay, drop path 0.5, raw stage outputs (the official
+# recipe normalizes them for RepLKNet-XL only: norm_intermediate_features=True there),
 # batch 16 (4 GPUs x 4 images). RepDeployHook fuses the large kernels before testing.
 _base_ = 'mmseg::upernet/upernet_r50_4xb4-160k_ade20k-512x512.py'
 
@@ -15,7 +16,7 @@ model = dict(
         arch='31B',
         out_indices=(0, 1, 2, 3),
         drop_path_rate=0.5,
-        norm_intermediate_features=True,
+        norm_intermediate_features=False,  # official 31B recipe; True only for XL
         norm_cfg=norm_cfg,
         # no weights are downloaded: point this at a converted ImageNet-1K checkpoint,
         # e.g. init_cfg=dict(type='Pretrained', checkpoint='RepLKNet-31B_ImageNet-1K_224.pth')

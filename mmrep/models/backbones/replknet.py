@@ -104,7 +104,8 @@ class RepLKNet(RepBackbone):
             self._conv_relu(stem_width, stem_width, 1, 1, 1, norm_layer),
             self._conv_relu(stem_width, stem_width, 3, 2, stem_width, norm_layer))
 
-        rates = iter(torch.linspace(0, drop_path_rate, sum(arch['layers'])).tolist())
+        # on the CPU: the rates are Python floats, also when built under torch.device('meta')
+        rates = iter(torch.linspace(0, drop_path_rate, sum(arch['layers']), device='cpu').tolist())
         self.stages = nn.ModuleList()
         for i, (num_pairs, lk_size, width) in enumerate(
                 zip(arch['layers'], arch['large_kernel_sizes'], channels)):
