@@ -582,6 +582,22 @@ def test_pretrained_prefix_of_a_whole_model_checkpoint(timm_a0, converted_a0, tm
         model.init_weights()
 
 
+def test_pretrained_optional_layers_keep_their_initialisation(converted_a0, tmp_path):
+    """Layers a backbone adds for downstream tasks (RepLKNet's output norms) may be absent."""
+    state = torch.load(converted_a0, weights_only=True)['state_dict']
+    torch.save({'state_dict': {k: v for k, v in state.items() if not k.startswith('stages.3.')}},
+               tmp_path / 'no_stage3.pth')
+    model = RepVGG('A0', init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'no_stage3.pth')))
+    with pytest.raises(PretrainedMismatchError, match=r'missing keys \(stages.3.0.branch_1x1'):
+        model.init_weights()
+    model = RepVGG('A0', init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'no_stage3.pth')))
+    model.pretrained_optional_prefixes = ('stages.3.',)
+    before = model.stages[3][0].branch_3x3.conv.weight.clone()
+    model.init_weights()
+    assert torch.equal(model.stages[3][0].branch_3x3.conv.weight, before)
+    assert torch.equal(model.stem.branch_3x3.conv.weight, state['stem.branch_3x3.conv.weight'])
+
+
 def test_pretrained_after_other_init_cfgs(timm_a0, converted_a0):
     model = RepVGG('A0', init_cfg=[dict(type='Pretrained', checkpoint=str(converted_a0)),
                                    dict(type='Constant', val=3.0, layer='Conv2d')])

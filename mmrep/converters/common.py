@@ -217,8 +217,9 @@ def build_backbone(cfg: Mapping) -> nn.Module:
 
 def check_against_backbone(state: Mapping[str, Tensor], cfg: Mapping, arch: str) -> None:
     """Refuse ``state`` unless it loads strictly into the backbone built from ``cfg``."""
-    expected = {k: v.shape for k, v in build_backbone(cfg).state_dict().items()}
-    mismatch = compare_state_dict(expected, state)
+    model = build_backbone(cfg)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    mismatch = compare_state_dict(expected, state, model.pretrained_optional_prefixes)
     if mismatch:
         form = 'deploy (fused)' if cfg.get('deploy') else 'training'
         raise ConversionError(

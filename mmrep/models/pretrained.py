@@ -12,7 +12,7 @@ runs on a converted checkpoint before writing it.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, NamedTuple, Optional, Tuple
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from mmengine.logging import print_log
@@ -55,14 +55,16 @@ class StateDictMismatch(NamedTuple):
         return '; '.join(parts) or 'no difference'
 
 
-def compare_state_dict(expected: Mapping[str, torch.Size],
-                       state: Mapping[str, torch.Tensor]) -> StateDictMismatch:
+def compare_state_dict(expected: Mapping[str, torch.Size], state: Mapping[str, torch.Tensor],
+                       optional_prefixes: Sequence[str] = ()) -> StateDictMismatch:
     """Compare ``state`` with the key -> shape map of a model (``{k: v.shape}``).
 
-    Keys ending in :data:`OPTIONAL_SUFFIXES` may be missing.
+    Keys ending in :data:`OPTIONAL_SUFFIXES` or starting with one of
+    ``optional_prefixes`` may be missing.
     """
     missing = sorted(k for k in expected
-                     if k not in state and not k.endswith(OPTIONAL_SUFFIXES))
+                     if k not in state and not k.endswith(OPTIONAL_SUFFIXES)
+                     and not k.startswith(tuple(optional_prefixes)))
     unexpected = sorted(k for k in state if k not in expected)
     wrong_shape = sorted((k, tuple(v.shape), tuple(expected[k])) for k, v in state.items()
                          if k in expected and tuple(v.shape) != tuple(expected[k]))
@@ -110,13 +112,22 @@ def load_pretrained(module: nn.Module, checkpoint: str, prefix: Optional[str] = 
 
     The :class:`PretrainedMismatchError` gives how many keys are missing,
     unexpected or of the wrong shape, names the first few, and says how to
-    convert a checkpoint of another layout.
+    convert a checkpoint of another layout. A module may list, in its
+    ``pretrained_optional_prefixes`` attribute, layers that pretrained
+    checkpoints do not have (heads added for a downstream task, such as
+    RepLKNet's output norms): those keep their initialisation, and say so in the log.
     """
     print_log(f'load {prefix + " in " if prefix else ""}{type(module).__name__} '
               f'from {checkpoint}', logger='current')
     state, meta = read_state_dict(checkpoint, prefix, map_location)
     expected = {k: v.shape for k, v in module.state_dict().items()}
-    mismatch = compare_state_dict(expected, state)
+    optional = tuple(getattr(module, 'pretrained_optional_prefixes', ()))
+    mismatch = compare_state_dict(expected, state, optional)
+    fresh = sorted(k for k in expected if k not in state and k.startswith(optional)
+                   and not k.endswith(OPTIONAL_SUFFIXES))
+    if fresh and not mismatch:
+        print_log(f'{len(fresh)} weights of {type(module).__name__} are not in {checkpoint} and '
+                  f'keep their initialisation: {", ".join(fresh)}', logger='current')
     if mismatch:
         hints = []
         if not prefix and any(k.startswith('backbone.') for k in state):

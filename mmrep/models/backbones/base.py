@@ -106,6 +106,10 @@ class RepBackbone(BaseModule):
                     module.eval()
         return self
 
+    # Layers that pretrained (ImageNet) checkpoints do not have, e.g. norms a
+    # subclass adds for downstream tasks: Pretrained loading leaves them initialised.
+    pretrained_optional_prefixes: Sequence[str] = ()
+
     def init_weights(self) -> None:
         """mmengine's initialisation, but a ``Pretrained`` init_cfg must cover the backbone.
 
