@@ -400,7 +400,7 @@ def test_cli_converts_and_prints_the_backbone_config(timm_a0, tmp_path, capsys):
     out = tmp_path / 'sub' / 'a0.pth'
     assert cli_main([str(src), str(out), '--from', 'timm', '--arch', 'repvgg-a0']) == 0
     printed = capsys.readouterr().out
-    assert f"init_cfg={{'type': 'Pretrained', 'checkpoint': '{out}'}}" in printed
+    assert f"init_cfg=dict(type='Pretrained', checkpoint='{out}')" in printed
     assert "arch='A0'" in printed and 'deploy=False' in printed
     saved = torch.load(out, weights_only=True)
     assert saved['meta']['source'] == 'timm' and saved['meta']['arch'] == 'repvgg-a0'

@@ -36,6 +36,13 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def config_text(value) -> str:
+    """A dict as config code: ``dict(type='RepVGG', init_cfg=dict(...))``."""
+    if isinstance(value, dict):
+        return 'dict(' + ', '.join(f'{k}={config_text(v)}' for k, v in value.items()) + ')'
+    return repr(value)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -44,7 +51,7 @@ def main(argv=None) -> int:
     except (ConversionError, FileExistsError, FileNotFoundError) as error:
         print(f'convert_weights: {error}', file=sys.stderr)
         return 1
-    print(f'wrote {args.out}; use it as\n  backbone=dict({", ".join(f"{k}={v!r}" for k, v in report["backbone"].items())})')
+    print(f'wrote {args.out}; use it as\n  backbone={config_text(report["backbone"])}')
     return 0
 
 
