@@ -53,7 +53,10 @@ def __getattr__(name: str):
 
 
 def find_family(arch: str) -> ModuleType:
-    """The family module that converts ``arch`` (case-insensitive), or a ConversionError listing the archs."""
+    """The family module that converts ``arch`` (case-insensitive).
+
+    Raises a ConversionError listing the known archs for an unknown one.
+    """
     arch = arch.lower()
     key = arch.split('-')[0]
     if key in FAMILY_MODULES:

@@ -30,7 +30,7 @@ class ConversionError(ValueError):
 
 class Conversion(NamedTuple):
     state_dict: Dict[str, torch.Tensor]  # mmrep backbone keys (no 'backbone.' prefix)
-    dropped: List[str]                   # source keys left out (heads, constant buffers), for the report
+    dropped: List[str]                   # source keys left out (heads, constant buffers)
     deploy: bool                         # True: the state is for the deploy=True (fused) backbone
 
 
@@ -63,8 +63,9 @@ def unwrap_checkpoint(checkpoint, ema: bool = False) -> Tuple[StateDict, List[st
     wrappers = EMA_WRAPPERS if ema else WRAPPERS
     found = [w for w in wrappers if isinstance(checkpoint.get(w), Mapping)]
     if ema and not found:
-        raise ConversionError(f'--ema: the checkpoint has no EMA weights ({" or ".join(EMA_WRAPPERS)}); '
-                              f'its top-level keys are {first_keys(checkpoint, 10)}')
+        raise ConversionError(f'--ema: the checkpoint has no EMA weights '
+                              f'({" or ".join(EMA_WRAPPERS)}); its top-level keys are '
+                              f'{first_keys(checkpoint, 10)}')
     if found:
         state = dict(checkpoint[found[0]])
         notes.append(f'weights taken from {found[0]!r}')
@@ -147,7 +148,7 @@ def require_prefix(state: Mapping[str, Tensor], prefixes: Sequence[str], what: s
     """Refuse a state in which no key starts with one of ``prefixes`` (another layout)."""
     if not any(k.startswith(tuple(prefixes)) for k in state):
         raise ConversionError(
-            f'this is not a {what} checkpoint: no key starts with '
+            f'the checkpoint is not in the {what} layout: no key starts with '
             f'{" or ".join(map(repr, prefixes))} (its first keys: {first_keys(state)}). '
             'Check --from and --arch.')
 
@@ -181,7 +182,7 @@ def _bn_from(state: Mapping[str, Tensor], prefix: str, eps: float) -> nn.BatchNo
 
 def fold_bn_pairs(state: Mapping[str, Tensor], conv: str = 'conv', bn: str = 'bn',
                   eps: float = 1e-5) -> StateDict:
-    """Fold every ``P.bn`` BatchNorm into the conv ``P.conv`` before it (:func:`mmrep.fusion.fold_bn`).
+    """Fold every BatchNorm ``P.bn`` into the conv ``P.conv`` before it (``fusion.fold_bn``).
 
     ``P.conv.weight`` (and ``P.conv.bias`` if present) and the BN's tensors
     become ``P.conv.weight`` and ``P.conv.bias``: the deploy form of an mmrep
@@ -206,7 +207,7 @@ def fold_bn_pairs(state: Mapping[str, Tensor], conv: str = 'conv', bn: str = 'bn
 
 
 def build_backbone(cfg: Mapping) -> nn.Module:
-    """An mmrep backbone from ``dict(type=..., **kwargs)``, on the meta device (no memory, no init)."""
+    """An mmrep backbone from ``dict(type=..., **kwargs)`` on the meta device (no memory used)."""
     from mmrep.registry import MODEL_CLASSES
     classes = {cls.__name__: cls for cls in MODEL_CLASSES}
     kwargs = dict(cfg)
