@@ -382,6 +382,12 @@ def test_unwrap_checkpoint_wrappers():
     assert list(state) == ['e']
     state, _, _ = unwrap_checkpoint({'model': {'a': w}, 'model_ema': {'e': w}}, ema=True)
     assert list(state) == ['e']
+    # mmengine's EMAHook: the averaged model's keys under 'module.', and its step counter
+    state, dropped, _ = unwrap_checkpoint(
+        {'state_dict': {'backbone.a': w}, 'ema_state_dict': {'steps': w, 'module.backbone.e': w,
+                                                             'module.head.fc.weight': w}},
+        ema=True)
+    assert list(state) == ['e'] and dropped == ['steps', 'head.fc.weight']
     with pytest.raises(ConversionError, match='no EMA weights'):
         unwrap_checkpoint({'state_dict': {'a': w}}, ema=True)
 

@@ -21,7 +21,9 @@ StateDict = Dict[str, Tensor]
 # Checkpoint wrappers, in the order they are looked for: mmengine / timm /
 # mmpretrain save 'state_dict', the official RepLKNet and DeiT-style scripts 'model'.
 WRAPPERS = ('state_dict', 'model')
-EMA_WRAPPERS = ('state_dict_ema', 'model_ema')
+# timm, DeiT-style scripts, and mmengine's EMAHook (its averaged model: 'module.' keys and 'steps')
+EMA_WRAPPERS = ('state_dict_ema', 'model_ema', 'ema_state_dict')
+EMA_COUNTERS = ('steps',)
 
 
 class ConversionError(ValueError):
@@ -48,8 +50,8 @@ def _strip_prefix(state: Mapping[str, Tensor], prefix: str) -> Tuple[StateDict, 
 def unwrap_checkpoint(checkpoint, ema: bool = False) -> Tuple[StateDict, List[str], List[str]]:
     """The weights of a loaded checkpoint file, without its wrappers.
 
-    Picks ``state_dict_ema`` (``ema=True``; also timm's older ``model_ema``),
-    else ``state_dict`` or ``model``, else the dict itself; strips a DDP
+    Picks ``state_dict_ema`` (``ema=True``; also ``model_ema`` and mmengine's
+    ``ema_state_dict``), else ``state_dict`` or ``model``, else the dict itself; strips a DDP
     ``module.`` prefix; and from a whole-model checkpoint with ``backbone.``
     keys (mmpretrain, mmdet) keeps the backbone, dropping heads and necks.
 
@@ -73,8 +75,9 @@ def unwrap_checkpoint(checkpoint, ema: bool = False) -> Tuple[StateDict, List[st
             notes.append('the checkpoint also holds EMA weights: pass --ema to convert those')
     else:
         state = dict(checkpoint)
-    dropped = [k for k, v in state.items() if not isinstance(v, Tensor)]
-    state = {k: v for k, v in state.items() if isinstance(v, Tensor)}
+    dropped = [k for k, v in state.items()
+               if not isinstance(v, Tensor) or (ema and k in EMA_COUNTERS)]
+    state = {k: v for k, v in state.items() if k not in dropped}
     if state and all(k.startswith('module.') for k in state):
         state, _ = _strip_prefix(state, 'module.')
         notes.append("stripped the DDP prefix 'module.'")
