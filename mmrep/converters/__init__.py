@@ -140,9 +140,13 @@ def convert_checkpoint(src: str, out: str, source: str, arch: str, ema: bool = F
     if osp.dirname(out):
         os.makedirs(osp.dirname(out), exist_ok=True)
     tmp = out + '.part'
-    torch.save({'state_dict': {k: _compact(v) for k, v in conversion.state_dict.items()},
-                'meta': meta}, tmp)
-    os.replace(tmp, out)  # never a half-written OUT
+    try:
+        torch.save({'state_dict': {k: _compact(v) for k, v in conversion.state_dict.items()},
+                    'meta': meta}, tmp)
+        os.replace(tmp, out)  # never a half-written OUT
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
 
     log = lambda msg: print_log(msg, logger=logger or 'current')  # noqa: E731
     log(f'{src} ({source}, {"deploy" if conversion.deploy else "training"} form) -> {out}: '
