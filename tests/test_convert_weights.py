@@ -257,6 +257,32 @@ def test_official_repvgg_b1g4(tmp_path, mmpretrain_b1g4, deploy):
         assert_same_features(expected, ours(image(48, 64)))
 
 
+@pytest.mark.parametrize('source', ['mmpretrain', 'official'])
+def test_repvgg_se_blocks_convert_with_their_gates(source):
+    """D2se's SE (also in the stem) on a small arch: mmpretrain's SELayer / the official SEBlock."""
+    depths, widths = [1, 2, 2, 1], [0.5, 0.5, 0.5, 0.5]
+    init_default_scope('mmpretrain')
+    try:
+        backbone = MMPRETRAIN_MODELS.build(dict(
+            type='RepVGG', out_indices=(0, 1, 2, 3),
+            arch=dict(num_blocks=depths, width_factor=widths, group_layer_map=None,
+                      se_cfg=dict(ratio=16, divisor=1))))
+    finally:
+        init_default_scope('mmdet')
+    randomized(backbone, seed=8)  # (mmpretrain's RepVGG.train() returns None)
+    classifier = nn.Module()
+    classifier.backbone = backbone
+    state = ({k[len('backbone.'):]: v for k, v in classifier.state_dict().items()}
+             if source == 'mmpretrain' else official_repvgg_state(classifier))
+    assert any('se' in k for k in state)
+    conversion = repvgg_converter.convert(state, source, 'repvgg-d2se')
+    ours = RepVGG(dict(num_blocks=depths, width_factor=widths, use_se=True))
+    ours.load_state_dict(conversion.state_dict, strict=True)
+    x = image()
+    with torch.no_grad():
+        assert_same_features(backbone(x), ours.eval()(x))
+
+
 TIMM_REPVGG = {'A0': 'repvgg_a0', 'A1': 'repvgg_a1', 'A2': 'repvgg_a2', 'B0': 'repvgg_b0',
                'B1': 'repvgg_b1', 'B1g4': 'repvgg_b1g4', 'B2': 'repvgg_b2', 'B2g4': 'repvgg_b2g4',
                'B3': 'repvgg_b3', 'B3g4': 'repvgg_b3g4', 'D2se': 'repvgg_d2se'}
