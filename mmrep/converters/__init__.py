@@ -1,0 +1,159 @@
+"""Convert the pretrained checkpoints of the official repos, timm and mmpretrain to mmrep backbones.
+
+    from mmrep.converters import convert_checkpoint
+    convert_checkpoint('RepVGG-A0-train.pth', 'repvgg-a0_mmrep.pth', source='official', arch='repvgg-a0')
+
+writes a checkpoint that ``init_cfg=dict(type='Pretrained', checkpoint=OUT)``
+loads into the matching mmrep backbone with no missing and no unexpected
+key (``tools/convert_weights.py`` is the command line). Every family module
+(:data:`FAMILY_MODULES`) defines ``FAMILY``, ``SOURCES``, ``ARCHS`` (CLI arch
+name -> mmrep backbone config) and ``convert(state, source, arch) -> Conversion``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import os.path as osp
+import pickle
+import re
+from types import ModuleType
+from typing import Dict, Optional
+
+import torch
+from mmengine.logging import print_log
+
+from mmrep.converters.common import (Conversion, ConversionError, check_against_backbone,
+                                     unwrap_checkpoint)
+from mmrep.version import __version__
+
+__all__ = ['convert_checkpoint', 'ConversionError', 'Conversion', 'FAMILIES', 'find_family',
+           'load_source']
+
+# The first part of an arch name ('repvgg-a0' -> 'repvgg') names its family module.
+FAMILY_MODULES = {
+    'repvgg': 'mmrep.converters.repvgg',
+    'repghostnet': 'mmrep.converters.repghostnet',
+    'orepa': 'mmrep.converters.orepa_resnet',
+    'replknet': 'mmrep.converters.replknet',
+}
+
+
+def _family_module(name: str) -> ModuleType:
+    # Imported on use, so that converting RepVGG does not import the other
+    # families; a family module that is missing fails here, loudly.
+    return importlib.import_module(FAMILY_MODULES[name])
+
+
+def __getattr__(name: str):
+    if name == 'FAMILIES':  # {FAMILY: module} of all four families
+        modules = [_family_module(key) for key in FAMILY_MODULES]
+        return {module.FAMILY: module for module in modules}
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+def find_family(arch: str) -> ModuleType:
+    """The family module that converts ``arch`` (case-insensitive).
+
+    Raises a ConversionError listing the known archs for an unknown one.
+    """
+    arch = arch.lower()
+    key = arch.split('-')[0]
+    if key in FAMILY_MODULES:
+        module = _family_module(key)
+        if arch in module.ARCHS:
+            return module
+        raise ConversionError(f'unknown --arch {arch!r}; {module.FAMILY} archs: '
+                              f'{", ".join(module.ARCHS)}')
+    raise ConversionError(f'unknown --arch {arch!r}; archs start with '
+                          f'{", ".join(k + "-" for k in FAMILY_MODULES)} '
+                          '(e.g. repvgg-a0, repghostnet-1.0x, orepa-resnet50, replknet-31b)')
+
+
+def load_source(path: str, unsafe: bool = False):
+    """Load a checkpoint file (``.pth`` / ``.pth.tar`` / ``.bin`` or ``.safetensors``).
+
+    Tensors only, plus the ``argparse.Namespace`` of timm's training
+    checkpoints (``args``), unless ``unsafe``: full unpickling, for trusted files only.
+    """
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'{path} does not exist')
+    if path.endswith('.safetensors'):  # timm's weights on the Hugging Face hub
+        from safetensors.torch import load_file
+        return load_file(path, device='cpu')
+    if unsafe:
+        return torch.load(path, map_location='cpu', weights_only=False)
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as error:  # what the weights-only unpickler refuses
+        found = re.search(r'GLOBAL (\S+)', str(error))
+        raise ConversionError(
+            f'{path} holds Python objects besides tensors ({found.group(1) if found else "?"}), '
+            'which are not loaded by default. If you trust the file, pass --unsafe-load '
+            '(unsafe=True) to unpickle it fully.') from error
+
+
+def _compact(tensor: torch.Tensor) -> torch.Tensor:
+    # A view would save its whole storage; a tensor saved alone is saved alone.
+    tensor = tensor.detach()
+    if tensor.untyped_storage().nbytes() != tensor.nbytes or not tensor.is_contiguous():
+        tensor = tensor.clone(memory_format=torch.contiguous_format)
+    return tensor
+
+
+def convert_checkpoint(src: str, out: str, source: str, arch: str, ema: bool = False,
+                       force: bool = False, logger=None, unsafe: bool = False) -> dict:
+    """Convert the checkpoint ``src`` of ``source`` (official / timm / mmpretrain) for ``arch``.
+
+    Writes ``{'state_dict': ..., 'meta': ...}`` to ``out`` (refused if ``out``
+    exists, unless ``force``; never onto ``src``) after checking that it loads
+    strictly into the mmrep backbone ``ARCHS[arch]`` with ``deploy`` set to
+    the form found in ``src``. ``ema`` takes the checkpoint's EMA weights.
+
+    Returns the report: ``family``, ``arch``, ``source``, ``deploy``,
+    ``num_tensors``, ``dropped`` (source keys left out: heads, constant
+    buffers), ``notes`` and ``backbone`` (the config to use with ``out``).
+    Raises :class:`ConversionError` naming the keys when the weights do not fit.
+    """
+    family = find_family(arch)
+    arch, source = arch.lower(), source.lower()
+    if source not in family.SOURCES:
+        raise ConversionError(f'--from {source}: {family.FAMILY} converts from '
+                              f'{", ".join(family.SOURCES)}')
+    if osp.abspath(out) == osp.abspath(src):
+        raise ConversionError(f'OUT is the input {src}; choose another path')
+    if osp.exists(out) and not force:
+        raise FileExistsError(f'{out} exists; refusing to overwrite it (pass --force)')
+
+    state, dropped, notes = unwrap_checkpoint(load_source(src, unsafe), ema=ema)
+    conversion = family.convert(state, source, arch)
+    backbone = dict(family.ARCHS[arch], deploy=conversion.deploy)
+    check_against_backbone(conversion.state_dict, backbone, arch)
+
+    report = dict(family=family.FAMILY, arch=arch, source=source, deploy=conversion.deploy,
+                  ema=ema, num_tensors=len(conversion.state_dict),
+                  dropped=dropped + list(conversion.dropped), notes=notes,
+                  backbone=dict(backbone, init_cfg=dict(type='Pretrained', checkpoint=out)))
+    meta = dict(report, converted_from=osp.abspath(src), mmrep_version=__version__)
+    meta.pop('backbone')
+    if osp.dirname(out):
+        os.makedirs(osp.dirname(out), exist_ok=True)
+    tmp = out + '.part'
+    try:
+        torch.save({'state_dict': {k: _compact(v) for k, v in conversion.state_dict.items()},
+                    'meta': meta}, tmp)
+        os.replace(tmp, out)  # never a half-written OUT
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
+
+    log = lambda msg: print_log(msg, logger=logger or 'current')  # noqa: E731
+    log(f'{src} ({source}, {"deploy" if conversion.deploy else "training"} form) -> {out}: '
+        f'{len(conversion.state_dict)} tensors for {backbone}')
+    for note in notes:
+        log(f'  {note}')
+    if report['dropped']:
+        log(f'  dropped {len(report["dropped"])} keys that the backbone does not use: '
+            f'{", ".join(report["dropped"])}')
+    return report

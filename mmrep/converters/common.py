@@ -1,7 +1,29 @@
-"""Minimal shared types of the weight converters (H8b's placeholder; H8a's version replaces it)."""
-from typing import Dict, List, NamedTuple
+"""What every weight converter shares: the result type, unwrapping, renaming, BN folding, checking.
+
+A family module (``repvgg``, ``repghostnet``, ...) turns the backbone
+weights of one source layout into mmrep's key names with the helpers here;
+:func:`mmrep.converters.convert_checkpoint` then checks the result against
+the mmrep backbone with :func:`check_against_backbone` before writing it.
+"""
+from __future__ import annotations
+
+import re
+from typing import Dict, Iterable, List, Mapping, NamedTuple, Sequence, Tuple
 
 import torch
+from torch import Tensor, nn
+
+from mmrep import fusion
+from mmrep.models.pretrained import compare_state_dict
+
+StateDict = Dict[str, Tensor]
+
+# Checkpoint wrappers, in the order they are looked for: mmengine / timm /
+# mmpretrain save 'state_dict', the official RepLKNet and DeiT-style scripts 'model'.
+WRAPPERS = ('state_dict', 'model')
+# timm, DeiT-style scripts, and mmengine's EMAHook (its averaged model: 'module.' keys and 'steps')
+EMA_WRAPPERS = ('state_dict_ema', 'model_ema', 'ema_state_dict')
+EMA_COUNTERS = ('steps',)
 
 
 class ConversionError(ValueError):
@@ -9,6 +31,202 @@ class ConversionError(ValueError):
 
 
 class Conversion(NamedTuple):
-    state_dict: Dict[str, torch.Tensor]   # mmrep backbone keys (no 'backbone.' prefix)
-    dropped: List[str]                    # source keys left out (heads, constant buffers), for the report
-    deploy: bool                          # True: the state is for the deploy=True (fused) backbone
+    state_dict: Dict[str, torch.Tensor]  # mmrep backbone keys (no 'backbone.' prefix)
+    dropped: List[str]                   # source keys left out (heads, constant buffers)
+    deploy: bool                         # True: the state is for the deploy=True (fused) backbone
+
+
+def first_keys(keys: Iterable[str], limit: int = 5) -> str:
+    keys = list(keys)
+    return ', '.join(keys[:limit]) + (', ...' if len(keys) > limit else '')
+
+
+def _strip_prefix(state: Mapping[str, Tensor], prefix: str) -> Tuple[StateDict, List[str]]:
+    """Keys under ``prefix`` without it, and the keys that are not under it."""
+    inner = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return inner, [k for k in state if not k.startswith(prefix)]
+
+
+def unwrap_checkpoint(checkpoint, ema: bool = False) -> Tuple[StateDict, List[str], List[str]]:
+    """The weights of a loaded checkpoint file, without its wrappers.
+
+    Picks ``state_dict_ema`` (``ema=True``; also ``model_ema`` and mmengine's
+    ``ema_state_dict``), else ``state_dict`` or ``model``, else the dict itself; strips a DDP
+    ``module.`` prefix; and from a whole-model checkpoint with ``backbone.``
+    keys (mmpretrain, mmdet) keeps the backbone, dropping heads and necks.
+
+    Returns ``(state, dropped, notes)``: the weights, the keys left out, and
+    remarks for the report.
+    """
+    if not isinstance(checkpoint, Mapping):
+        raise ConversionError(f'the checkpoint holds a {type(checkpoint).__name__}, not a dict '
+                              'of weights')
+    notes = []
+    wrappers = EMA_WRAPPERS if ema else WRAPPERS
+    found = [w for w in wrappers if isinstance(checkpoint.get(w), Mapping)]
+    if ema and not found:
+        raise ConversionError(f'--ema: the checkpoint has no EMA weights '
+                              f'({" or ".join(EMA_WRAPPERS)}); its top-level keys are '
+                              f'{first_keys(checkpoint, 10)}')
+    if found:
+        state = dict(checkpoint[found[0]])
+        notes.append(f'weights taken from {found[0]!r}')
+        if not ema and any(isinstance(checkpoint.get(w), Mapping) for w in EMA_WRAPPERS):
+            notes.append('the checkpoint also holds EMA weights: pass --ema to convert those')
+    else:
+        state = dict(checkpoint)
+    dropped = [k for k, v in state.items()
+               if not isinstance(v, Tensor) or (ema and k in EMA_COUNTERS)]
+    state = {k: v for k, v in state.items() if k not in dropped}
+    if state and all(k.startswith('module.') for k in state):
+        state, _ = _strip_prefix(state, 'module.')
+        notes.append("stripped the DDP prefix 'module.'")
+    if any(k.startswith('backbone.') for k in state):
+        state, others = _strip_prefix(state, 'backbone.')
+        dropped += others
+        notes.append("kept the 'backbone.' weights of a whole-model checkpoint")
+    if not state:
+        raise ConversionError('the checkpoint holds no tensors')
+    return state, dropped, notes
+
+
+def drop_by_prefix(state: Mapping[str, Tensor],
+                   prefixes: Sequence[str]) -> Tuple[StateDict, List[str]]:
+    """``state`` without the keys that start with any of ``prefixes``, and those keys."""
+    prefixes = tuple(prefixes)
+    kept = {k: v for k, v in state.items() if not k.startswith(prefixes)}
+    return kept, [k for k in state if k.startswith(prefixes)]
+
+
+def _unique(renamed: List[Tuple[str, str, Tensor]]) -> StateDict:
+    out: StateDict = {}
+    source: Dict[str, str] = {}
+    for old, new, value in renamed:
+        if new in out:
+            raise ConversionError(f'keys {source[new]} and {old} would both become {new}')
+        out[new], source[new] = value, old
+    return out
+
+
+def rename_by_prefix(state: Mapping[str, Tensor],
+                     table: Sequence[Tuple[str, str]]) -> StateDict:
+    """Replace the first prefix of ``table`` ``(old, new)`` that a key starts with.
+
+    Keys that match no prefix keep their name (the check against the model
+    then reports them as unexpected).
+    """
+    renamed = []
+    for key, value in state.items():
+        new = key
+        for old_prefix, new_prefix in table:
+            if key.startswith(old_prefix):
+                new = new_prefix + key[len(old_prefix):]
+                break
+        renamed.append((key, new, value))
+    return _unique(renamed)
+
+
+def rename_parts(state: Mapping[str, Tensor], table: Sequence[Tuple[str, str]]) -> StateDict:
+    """Rename dotted parts of keys: ``('rbr_dense', 'branch_3x3')`` turns
+    ``stages.0.1.rbr_dense.bn.weight`` into ``stages.0.1.branch_3x3.bn.weight``.
+
+    A part matches whole names between dots (``bn`` does not match ``bn_dw``).
+    Each key gets the first matching entry of ``table`` only, so an entry may
+    produce a name another entry would match (``shortcut.0`` ->
+    ``shortcut.0.conv`` next to ``shortcut.1`` -> ``shortcut.0.bn``).
+    """
+    patterns = [(re.compile(r'(^|\.)' + re.escape(old) + r'(?=\.|$)'), new) for old, new in table]
+    renamed = []
+    for key, value in state.items():
+        new_key = key
+        for pattern, new in patterns:
+            new_key, count = pattern.subn(lambda m, new=new: m.group(1) + new, key, count=1)
+            if count:
+                break
+        renamed.append((key, new_key, value))
+    return _unique(renamed)
+
+
+def require_prefix(state: Mapping[str, Tensor], prefixes: Sequence[str], what: str) -> None:
+    """Refuse a state in which no key starts with one of ``prefixes`` (another layout)."""
+    if not any(k.startswith(tuple(prefixes)) for k in state):
+        raise ConversionError(
+            f'the checkpoint is not in the {what} layout: no key starts with '
+            f'{" or ".join(map(repr, prefixes))} (its first keys: {first_keys(state)}). '
+            'Check --from and --arch.')
+
+
+def detect_deploy(state: Mapping[str, Tensor], deploy_marker: str, train_marker: str,
+                  what: str) -> bool:
+    """True for a deploy-form (fused) state, False for a training-form one.
+
+    ``deploy_marker`` / ``train_marker``: regular expressions a key of a fused /
+    unfused block matches. A state with blocks of both forms is refused.
+    """
+    fused = [k for k in state if re.search(deploy_marker, k)]
+    unfused = [k for k in state if re.search(train_marker, k)]
+    if fused and unfused:
+        raise ConversionError(f'{what}: the checkpoint mixes fused blocks ({first_keys(fused, 3)}) '
+                              f'and training-form blocks ({first_keys(unfused, 3)})')
+    return bool(fused)
+
+
+def _bn_from(state: Mapping[str, Tensor], prefix: str, eps: float) -> nn.BatchNorm2d:
+    mean = state[prefix + 'running_mean']
+    bn = nn.BatchNorm2d(mean.numel(), eps=eps, affine=prefix + 'weight' in state,
+                        device=mean.device)
+    bn.running_mean.copy_(mean)
+    bn.running_var.copy_(state[prefix + 'running_var'])
+    if bn.affine:
+        bn.weight.data.copy_(state[prefix + 'weight'])
+        bn.bias.data.copy_(state[prefix + 'bias'])
+    return bn
+
+
+def fold_bn_pairs(state: Mapping[str, Tensor], conv: str = 'conv', bn: str = 'bn',
+                  eps: float = 1e-5) -> StateDict:
+    """Fold every BatchNorm ``P.bn`` into the conv ``P.conv`` before it (``fusion.fold_bn``).
+
+    ``P.conv.weight`` (and ``P.conv.bias`` if present) and the BN's tensors
+    become ``P.conv.weight`` and ``P.conv.bias``: the deploy form of an mmrep
+    :class:`~mmrep.blocks.base.ConvBN`. ``eps``: the BN's epsilon (PyTorch's
+    default 1e-5 in the official repos and timm).
+    """
+    out = dict(state)
+    suffix = f'{bn}.running_mean'
+    for key in [k for k in state if k == suffix or k.endswith('.' + suffix)]:
+        prefix = key[:-len(suffix)]
+        weight_key = f'{prefix}{conv}.weight'
+        if weight_key not in state:
+            raise ConversionError(f'{prefix}{bn} follows no conv: {weight_key} is missing')
+        norm = _bn_from(state, f'{prefix}{bn}.', eps)
+        with torch.no_grad():
+            kernel, bias = fusion.fold_bn(state[weight_key].float(),
+                                          state.get(f'{prefix}{conv}.bias'), norm)
+        for name in ('weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked'):
+            out.pop(f'{prefix}{bn}.{name}', None)
+        out[weight_key], out[f'{prefix}{conv}.bias'] = kernel, bias
+    return out
+
+
+def build_backbone(cfg: Mapping) -> nn.Module:
+    """An mmrep backbone from ``dict(type=..., **kwargs)`` on the meta device (no memory used)."""
+    from mmrep.registry import MODEL_CLASSES
+    classes = {cls.__name__: cls for cls in MODEL_CLASSES}
+    kwargs = dict(cfg)
+    cls = classes[kwargs.pop('type')]
+    with torch.device('meta'):
+        return cls(**kwargs)
+
+
+def check_against_backbone(state: Mapping[str, Tensor], cfg: Mapping, arch: str) -> None:
+    """Refuse ``state`` unless it loads strictly into the backbone built from ``cfg``."""
+    model = build_backbone(cfg)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    mismatch = compare_state_dict(expected, state, model.pretrained_optional_prefixes)
+    if mismatch:
+        form = 'deploy (fused)' if cfg.get('deploy') else 'training'
+        raise ConversionError(
+            f'the converted weights do not fit the {form}-form backbone of --arch {arch} '
+            f'({dict(cfg)}): {mismatch.describe()}. Is the checkpoint of another arch or width, '
+            'or of another layout (--from)?')

@@ -14,9 +14,11 @@ import torch
 import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
 from mmengine.model import BaseModule
+from mmengine.model.weight_init import PretrainedInit
 from torch import nn
 
 from mmrep.blocks.base import NormLayer
+from mmrep.models.pretrained import StrictPretrainedInit
 from mmrep.reparam import reparameterize_model
 
 NUM_STAGES = 4
@@ -103,6 +105,36 @@ class RepBackbone(BaseModule):
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
         return self
+
+    # Layers that pretrained (ImageNet) checkpoints do not have, e.g. norms a
+    # subclass adds for downstream tasks: Pretrained loading leaves them initialised.
+    pretrained_optional_prefixes: Sequence[str] = ()
+
+    def init_weights(self) -> None:
+        """mmengine's initialisation, but a ``Pretrained`` init_cfg must cover the backbone.
+
+        mmengine loads ``Pretrained`` with ``strict=False``; here the entry
+        (``checkpoint``, optional ``prefix``, ``map_location``) becomes a
+        :class:`~mmrep.models.pretrained.StrictPretrainedInit`, which raises,
+        naming the keys, for a checkpoint that does not fit. It runs after the
+        other entries (Kaiming, Constant, ...); no child of a RepBackbone has
+        an ``init_weights`` of its own that could run later.
+        """
+        cfgs = self.init_cfg if isinstance(self.init_cfg, (list, tuple)) else [self.init_cfg]
+        cfgs = [cfg for cfg in cfgs if cfg]
+        pretrained = [cfg for cfg in cfgs if cfg.get('type') in ('Pretrained', PretrainedInit)]
+        if not pretrained:
+            return super().init_weights()
+        if len(pretrained) > 1:
+            raise ValueError(f'{type(self).__name__}: init_cfg has {len(pretrained)} Pretrained '
+                             'entries; give one checkpoint')
+        original = self.init_cfg
+        self.init_cfg = ([cfg for cfg in cfgs if cfg is not pretrained[0]]
+                         + [dict(pretrained[0], type=StrictPretrainedInit)])
+        try:
+            super().init_weights()
+        finally:
+            self.init_cfg = original
 
     def reparameterize(self) -> None:
         """Fuse every block in place (see :func:`mmrep.reparameterize_model`)."""

@@ -1,0 +1,73 @@
+"""RepVGG checkpoints of DingXiaoH/RepVGG, timm (``repvgg_*``) and mmpretrain (``RepVGG``).
+
+All three keep the official structure, so conversion is renaming only, in
+training form and in deploy form (official ``convert.py`` /
+``repvgg_model_convert``, timm ``reparameterize_model``, mmpretrain
+``switch_to_deploy``):
+
+==================  ==========================  ==========================  =============================
+mmrep               official                    timm                        mmpretrain
+==================  ==========================  ==========================  =============================
+``stem``            ``stage0``                  ``stem``                    ``stem``
+``stages.{i}``      ``stage{i+1}``              ``stages.{i}``              ``stage_{i+1}``
+``branch_3x3``      ``rbr_dense`` (conv, bn)    ``conv_kxk`` (conv, bn)     ``branch_3x3`` (conv, norm)
+``branch_1x1``      ``rbr_1x1``                 ``conv_1x1``                ``branch_1x1`` (conv, norm)
+``branch_identity`` ``rbr_identity``            ``identity``                ``branch_norm``
+``branch_reparam``  ``rbr_reparam``             ``reparam_conv``            ``branch_reparam``
+``se.down/up``      ``se.down/up``              ``attn.fc1/fc2``            ``se_layer.conv1/conv2.conv``
+(dropped)           ``linear``                  ``head``, ``final_conv``    ``head`` (outside ``backbone.``)
+==================  ==========================  ==========================  =============================
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+from torch import Tensor
+
+from mmrep.converters.common import (Conversion, ConversionError, detect_deploy, drop_by_prefix,
+                                     rename_by_prefix, rename_parts, require_prefix)
+from mmrep.models.backbones.base import NUM_STAGES
+from mmrep.models.backbones.repvgg import RepVGG
+
+FAMILY = 'repvgg'
+SOURCES = ('official', 'timm', 'mmpretrain')
+ARCHS = {f'repvgg-{name.lower()}': dict(type='RepVGG', arch=name) for name in RepVGG.arch_settings}
+
+# Per source: stem prefix, stage prefix (format with the stage number from
+# 'first_stage'), block part renames, head prefixes, and the prefixes that
+# show a checkpoint is of this layout.
+_LAYOUTS = {
+    'official': dict(
+        stem='stage0.', stage='stage{}.', first_stage=1,
+        parts=(('rbr_dense', 'branch_3x3'), ('rbr_1x1', 'branch_1x1'),
+               ('rbr_identity', 'branch_identity'), ('rbr_reparam', 'branch_reparam')),
+        head=('linear.',), signature=('stage0.rbr_dense.', 'stage0.rbr_reparam.')),
+    'timm': dict(
+        stem='stem.', stage='stages.{}.', first_stage=0,
+        parts=(('conv_kxk', 'branch_3x3'), ('conv_1x1', 'branch_1x1'),
+               ('identity', 'branch_identity'), ('reparam_conv', 'branch_reparam'),
+               ('attn.fc1', 'se.down'), ('attn.fc2', 'se.up')),
+        head=('head.', 'final_conv.'), signature=('stem.conv_kxk.', 'stem.reparam_conv.')),
+    'mmpretrain': dict(
+        stem='stem.', stage='stage_{}.', first_stage=1,
+        parts=(('branch_3x3.norm', 'branch_3x3.bn'), ('branch_1x1.norm', 'branch_1x1.bn'),
+               ('branch_norm', 'branch_identity'), ('se_layer.conv1.conv', 'se.down'),
+               ('se_layer.conv2.conv', 'se.up')),
+        head=('head.', 'neck.'), signature=('stem.branch_3x3.', 'stem.branch_reparam.')),
+}
+
+
+def convert(state: Dict[str, Tensor], source: str, arch: str) -> Conversion:
+    """Rename the RepVGG weights of ``source`` to mmrep's; the form (train / deploy) is detected."""
+    if source not in _LAYOUTS:
+        raise ConversionError(f'RepVGG converts from {", ".join(SOURCES)}, not {source!r}')
+    layout = _LAYOUTS[source]
+    require_prefix(state, layout['signature'], f'{source} RepVGG')
+    state, dropped = drop_by_prefix(state, layout['head'])
+    stages = [(layout['stage'].format(i + layout['first_stage']), f'stages.{i}.')
+              for i in range(NUM_STAGES)]
+    state = rename_by_prefix(state, [(layout['stem'], 'stem.')] + stages)
+    state = rename_parts(state, layout['parts'])
+    deploy = detect_deploy(state, r'\.branch_reparam\.', r'\.branch_(3x3|1x1|identity)\.',
+                           f'{source} RepVGG')
+    return Conversion(state, dropped, deploy)
