@@ -337,3 +337,27 @@ def test_mixed_training_and_deploy_forms_are_refused(short_state):
     mixed.update({k: v for k, v in short_state.items() if 'stages.3.' in k})
     with pytest.raises(ConversionError, match='mixes merged'):
         convert(mixed, 'official', 'replknet-31b')
+
+
+def test_imagenet_weights_load_into_a_backbone_with_output_norms(tmp_path):
+    """Output norms are a downstream layer (the official XL setting): an ImageNet
+    checkpoint without them loads strictly otherwise, and they keep their init."""
+    from mmrep.models.pretrained import PretrainedMismatchError
+
+    imagenet = randomize(RepLKNet(arch=dict(SHORT_31B, ffn_ratio=4), drop_path_rate=0.))
+    path = str(tmp_path / 'imagenet.pth')
+    torch.save({'state_dict': imagenet.state_dict()}, path)
+    cfg = dict(arch=dict(SHORT_31B, ffn_ratio=4), drop_path_rate=0.,
+               norm_intermediate_features=True,
+               init_cfg=dict(type='Pretrained', checkpoint=path))
+    model = RepLKNet(**cfg)
+    model.init_weights()
+    assert torch.equal(model.stages[2][1].pw1.conv.weight, imagenet.stages[2][1].pw1.conv.weight)
+    assert torch.equal(model.out_norms[0].bn.weight, torch.ones(128))  # BN's own init
+
+    # any other missing weight is still refused
+    state = imagenet.state_dict()
+    state.pop('stem.0.conv.weight')
+    torch.save({'state_dict': state}, path)
+    with pytest.raises(PretrainedMismatchError, match='stem.0.conv.weight'):
+        RepLKNet(**cfg).init_weights()

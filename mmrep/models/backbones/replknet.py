@@ -61,6 +61,10 @@ class RepLKNet(RepBackbone):
     ``out_norms.i.conv.{weight,bias}``.
     """
 
+    # ImageNet checkpoints have no output norms (norm_intermediate_features is a
+    # downstream setting): loading one keeps these layers' initialisation.
+    pretrained_optional_prefixes = ('out_norms.',)
+
     arch_settings = {
         '31B': dict(large_kernel_sizes=(31, 29, 27, 13), layers=(2, 2, 18, 2),
                     channels=(128, 256, 512, 1024), small_kernel=5, dw_ratio=1, ffn_ratio=4),
