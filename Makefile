@@ -6,7 +6,7 @@ STAMP := .venv/.mmrep-installed
 
 .PHONY: demo test setup benchmark
 
-$(STAMP): scripts/setup_env.sh requirements.txt setup.py
+$(STAMP): scripts/setup_env.sh scripts/mmcv_wheel.sh requirements.txt setup.py
 	bash scripts/setup_env.sh
 	touch $(STAMP)
 

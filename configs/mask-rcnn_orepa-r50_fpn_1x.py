@@ -14,7 +14,9 @@ model = dict(
         frozen_stages=-1,
         norm_cfg=dict(type='BN', requires_grad=True),
         norm_eval=False,
-        # no weights are downloaded: point this at a converted ImageNet checkpoint
+        # No weights are downloaded. For ImageNet initialization convert the official
+        # checkpoint with tools/convert_weights.py (README, "Pretrained weights"), then set
+        # init_cfg=dict(type='Pretrained', checkpoint='<converted>.pth').
         init_cfg=None),
     neck=dict(in_channels=[256, 512, 1024, 2048]))
 

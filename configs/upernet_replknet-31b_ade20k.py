@@ -18,8 +18,9 @@ model = dict(
         drop_path_rate=0.5,
         norm_intermediate_features=False,  # official 31B recipe; True only for XL
         norm_cfg=norm_cfg,
-        # no weights are downloaded: point this at a converted ImageNet-1K checkpoint,
-        # e.g. init_cfg=dict(type='Pretrained', checkpoint='RepLKNet-31B_ImageNet-1K_224.pth')
+        # No weights are downloaded. For ImageNet initialization convert the official
+        # checkpoint with tools/convert_weights.py (README, "Pretrained weights"), then set
+        # init_cfg=dict(type='Pretrained', checkpoint='<converted>.pth').
         init_cfg=None),
     decode_head=dict(in_channels=[128, 256, 512, 1024], num_classes=150),
     auxiliary_head=dict(in_channels=512, num_classes=150))

@@ -6,6 +6,7 @@ _base_ = [
     'mmseg::_base_/models/upernet_r50.py',
     'mmseg::_base_/default_runtime.py',
     'mmseg::_base_/schedules/schedule_20k.py',
+    './_base_/models/repvgg-a0.py',
 ]
 
 custom_imports = dict(imports=['mmrep'], allow_failed_imports=False)
@@ -17,22 +18,15 @@ norm_cfg = dict(type='BN', requires_grad=True)
 model = dict(
     pretrained=None,
     data_preprocessor=dict(size=crop_size, seg_pad_val=void_label),
-    backbone=dict(
-        _delete_=True,
-        type='RepVGG',
-        arch='A0',
-        out_indices=(0, 1, 2, 3),
-        norm_cfg=norm_cfg,
-        norm_eval=False,
-        init_cfg=None),
+    backbone=dict(_base_.repvgg_a0_backbone, _delete_=True, norm_cfg=norm_cfg),
     decode_head=dict(
-        in_channels=[48, 96, 192, 1280],
+        in_channels=_base_.repvgg_a0_channels,
         channels=256,
         num_classes=11,
         ignore_index=void_label,
         norm_cfg=norm_cfg),
     auxiliary_head=dict(
-        in_channels=192,
+        in_channels=_base_.repvgg_a0_channels[2],
         channels=128,
         num_classes=11,
         ignore_index=void_label,

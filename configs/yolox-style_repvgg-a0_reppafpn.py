@@ -2,24 +2,17 @@
 # re-parameterizable body: RepVGG-A0 backbone + RepPAFPN neck instead of
 # CSPDarknet + YOLOXPAFPN. Backbone and neck fuse to plain convs; the decoupled
 # YOLOXHead keeps its own ConvModules.
-_base_ = 'mmdet::yolox/yolox_s_8xb8-300e_coco.py'
+_base_ = ['mmdet::yolox/yolox_s_8xb8-300e_coco.py', './_base_/models/repvgg-a0.py']
 
 custom_imports = dict(imports=['mmrep'], allow_failed_imports=False)
 
 model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='RepVGG',
-        arch='A0',
-        out_indices=(1, 2, 3),  # strides 8, 16, 32 as the head's strides
-        frozen_stages=-1,
-        norm_cfg=dict(type='BN', requires_grad=True),
-        norm_eval=False,
-        init_cfg=None),
+    # strides 8, 16, 32 as the head's strides
+    backbone=dict(_base_.repvgg_a0_backbone, _delete_=True, out_indices=(1, 2, 3)),
     neck=dict(
         _delete_=True,
         type='RepPAFPN',
-        in_channels=[96, 192, 1280],
+        in_channels=_base_.repvgg_a0_channels[1:],
         out_channels=128,  # = bbox_head.in_channels
         num_outs=3,
         num_csp_blocks=1,

@@ -23,10 +23,14 @@ fi
 "${PIP[@]}" --upgrade pip "setuptools>=77,<82" wheel ninja
 "${PIP[@]}" torch==2.14.1 torchvision==0.29.1
 
-mmcv_wheel() { ls "$WHEELS"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n 1; }
+# cpu, or cudaX.Y when a CUDA toolkit is present (scripts/mmcv_wheel.sh says how it is chosen)
+source "$ROOT/scripts/mmcv_wheel.sh"
+VARIANT="$(mmcv_variant "$PY")"
+mmcv_wheel() { mmcv_cached_wheel "$WHEELS" "$MMCV_VERSION" "$VARIANT"; }
 if [ -z "$(mmcv_wheel)" ]; then
-    log "building mmcv $MMCV_VERSION with ops into $WHEELS (once; about 16 minutes on 2 cores)"
-    mkdir -p "$WHEELS"
+    log "building mmcv $MMCV_VERSION ($VARIANT) with ops into $WHEELS/mmcv-$MMCV_VERSION-$VARIANT (once; about 16 minutes on 2 cores for cpu)"
+    out="$WHEELS/mmcv-$MMCV_VERSION-$VARIANT"
+    mkdir -p "$out"
     build="$(mktemp -d)"
     trap 'rm -rf "$build"' EXIT
     "$PY" -m pip download --disable-pip-version-check -q --no-deps --no-binary :all: --no-build-isolation \
@@ -36,13 +40,20 @@ if [ -z "$(mmcv_wheel)" ]; then
     # torch 2.14 headers need C++20; mmcv asks for c++14/c++17.
     sed -i -E 's/-std=c\+\+1[47]/-std=c++20/g; s/std:c\+\+1[47]/std:c++20/g' "$src/setup.py"
     grep -q 'c++20' "$src/setup.py" || { echo "[setup] could not patch the C++ standard in mmcv's setup.py" >&2; exit 1; }
-    (cd "$src" && MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS="$(nproc)" \
-        "$PY" -m pip wheel --disable-pip-version-check -q --no-build-isolation --no-deps -w "$WHEELS" .)
+    # build into the temporary folder first: a failed build leaves no wheel in the cache
+    (cd "$src" && env $(mmcv_build_env "$VARIANT") MAX_JOBS="$(nproc)" \
+        "$PY" -m pip wheel --disable-pip-version-check -q --no-build-isolation --no-deps -w "$build/wheel" .)
+    mv "$build"/wheel/mmcv-"$MMCV_VERSION"-*.whl "$out/"
 fi
-if ! "$PY" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV_VERSION'" 2>/dev/null; then
-    log "installing $(basename "$(mmcv_wheel)")"
+# the variant installed in this venv (none recorded: an install from before variants, cpu)
+STAMP_VARIANT="$VENV/.mmcv-variant"
+installed="$(cat "$STAMP_VARIANT" 2>/dev/null || echo cpu)"
+if [ "$installed" != "$VARIANT" ] \
+        || ! "$PY" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV_VERSION'" 2>/dev/null; then
+    log "installing $(mmcv_wheel) ($VARIANT)"
     "${PIP[@]}" --no-deps --force-reinstall "$(mmcv_wheel)"
 fi
+echo "$VARIANT" > "$STAMP_VARIANT"
 
 "${PIP[@]}" -r "$ROOT/requirements.txt"
 "${PIP[@]}" --no-deps --no-build-isolation -e "$ROOT"

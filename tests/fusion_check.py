@@ -10,6 +10,11 @@ from mmrep.blocks.base import ReparamModule
 REL_TOL = 1e-4
 
 
+def image(*shape, seed: int = 0) -> torch.Tensor:
+    """A reproducible standard-normal tensor of ``shape`` (an image batch, a kernel, ...)."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give every BatchNorm non-trivial statistics and affine parameters."""
     gen = torch.Generator().manual_seed(seed)

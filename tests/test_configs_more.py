@@ -105,8 +105,9 @@ def train_one_iteration(cfg: Config, name: str) -> Runner:
     assert len(changed) > len(before) // 2, f'{name}: only {len(changed)}/{len(before)} changed'
     assert any(k.startswith('backbone.') for k in changed)
     assert any(k.startswith('neck.') for k in changed) or not hasattr(runner.model, 'neck')
-    # RepDeployHook exported a fused checkpoint that a deploy=True model loads
-    assert os.path.isfile(os.path.join(cfg.work_dir, 'final_fused.pth'))
+    # RepDeployHook exported a fused checkpoint; this run saved no checkpoint, so it is
+    # named after the iteration and written to the run's own log dir
+    assert os.path.isfile(os.path.join(runner.log_dir, 'iter_1_fused.pth'))
     return runner
 
 

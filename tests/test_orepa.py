@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from fusion_check import assert_fusion_exact, count_bn, max_rel_diff
+from fusion_check import assert_fusion_exact, count_bn, image, max_rel_diff
 from hypothesis import given, settings, strategies as st
 
 from mmrep import fusion
@@ -15,10 +15,6 @@ from mmrep.models.backbones.orepa_resnet import OREPAResNet
 ONLINE_TOL = 2e-5
 
 
-
-
-def image(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
 def randomize_generator(block, seed=0):

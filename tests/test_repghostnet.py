@@ -2,7 +2,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from fusion_check import assert_fusion_exact, count_bn, max_rel_diff, randomize_bn
+from fusion_check import assert_fusion_exact, count_bn, image, max_rel_diff, randomize_bn
 from hypothesis import given, settings, strategies as st
 from torch import nn
 
@@ -22,10 +22,6 @@ STAGE_CHANNELS = {
 }
 
 
-
-
-def image(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
 def assert_deploy_twin(fused, deploy_model, *inputs):

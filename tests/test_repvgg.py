@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from fusion_check import assert_fusion_exact, count_bn, max_rel_diff, randomize_bn
+from fusion_check import assert_fusion_exact, count_bn, image, max_rel_diff, randomize_bn
 from hypothesis import given, settings, strategies as st
 from torch import nn
 
@@ -20,10 +20,6 @@ from mmrep.models.backbones.repvgg import RepVGG
 SMALL = dict(num_blocks=[1, 2, 2, 1], width_factor=[0.25, 0.25, 0.25, 0.25],
              group_layer_map={2: 2, 3: 2, 5: 4})
 SMALL_SE = dict(SMALL, use_se=True)
-
-
-def image(h=64, w=96, n=1, seed=0):
-    return torch.randn(n, 3, h, w, generator=torch.Generator().manual_seed(seed))
 
 
 def params_of(model):
@@ -107,7 +103,7 @@ def test_se_pools_globally_on_non_square_inputs():
 def test_a0_outputs_strides_and_channels():
     model = RepVGG('A0').eval()
     assert model.out_channels == [48, 96, 192, 1280]
-    x = image(64, 96)
+    x = image(1, 3, 64, 96)
     with torch.no_grad():
         outs = model(x)
     assert [tuple(o.shape) for o in outs] == [
@@ -175,7 +171,7 @@ def test_custom_arch_dict():
     blocks = [b for s in model.stages for b in s]
     assert [b.groups for b in blocks] == [1, 2, 2, 1, 4, 1]
     assert all(isinstance(b.se, SqueezeExcite) for b in [model.stem, *blocks])
-    assert_fusion_exact(model, image(64, 96, n=2))
+    assert_fusion_exact(model, image(2, 3, 64, 96))
 
 
 # ---------------------------------------------------------------- every arch fuses
@@ -206,7 +202,7 @@ def test_every_arch_fuses_to_the_deploy_structure(arch):
 def test_arch_fuses_exactly(arch):
     # full size on a 32x48 input, fused in place (no deep copy) to stay fast
     model = randomize_bn(RepVGG(arch)).eval()
-    x = image(32, 48)
+    x = image(1, 3, 32, 48)
     with torch.no_grad():
         expected = model(x)
         model.reparameterize()
@@ -218,7 +214,7 @@ def test_arch_fuses_exactly(arch):
 @pytest.mark.parametrize('arch', ['A0', SMALL_SE])
 def test_deploy_model_loads_fused_state_dict(arch):
     model = randomize_bn(RepVGG(arch)).eval()
-    x = image(64, 96)
+    x = image(1, 3, 64, 96)
     model.reparameterize()
     deployed = RepVGG(arch, deploy=True).eval()
     deployed.load_state_dict(model.state_dict(), strict=True)
@@ -252,7 +248,7 @@ def test_frozen_stages():
     assert not any(bn.training for m in frozen for bn in bn_layers(m))
     assert all(bn.training for m in free for bn in bn_layers(m))
     stats = copy.deepcopy(model.stem.branch_3x3.bn.running_mean)
-    model(image(32, 32, n=2))
+    model(image(2, 3, 32, 32))
     assert torch.equal(stats, model.stem.branch_3x3.bn.running_mean)
 
 
@@ -268,7 +264,7 @@ def test_with_cp_same_output_and_grad():
     ckpt.load_state_dict(plain.state_dict())
     results = []
     for model in (plain, ckpt):
-        x = image(32, 48, n=2).requires_grad_()
+        x = image(2, 3, 32, 48).requires_grad_()
         outs = model(x)
         sum(o.square().mean() for o in outs).backward()
         grads = [p.grad.clone() for p in model.parameters()]
@@ -283,5 +279,5 @@ def test_syncbn_builds_and_fuses():
     model = RepVGG(SMALL, norm_cfg=dict(type='SyncBN', requires_grad=True))
     assert all(isinstance(bn, nn.SyncBatchNorm) for bn in bn_layers(model))
     assert len(bn_layers(model)) > 0
-    fused = assert_fusion_exact(model, image(32, 48))  # eval mode: SyncBN acts as BN on CPU
+    fused = assert_fusion_exact(model, image(1, 3, 32, 48))  # eval mode: SyncBN acts as BN on CPU
     assert count_bn(fused) == 0

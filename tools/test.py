@@ -1,40 +1,23 @@
 """Evaluate a checkpoint; with RepDeployHook in the config the fused network is tested."""
-import argparse
-import os
-import os.path as osp
-
 import mmrep  # noqa: F401  registers mmrep models/hooks and the 'mmrep::' config scope
-from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
+from mmrep.engine import cli
+from mmrep.engine.deploy_utils import CheckpointMismatchError, load_checked
 
-def parse_args():
-    parser = argparse.ArgumentParser(description='Test (and evaluate) a model')
-    parser.add_argument('config', help='test config file path')
+
+def parse_args(argv=None):
+    parser = cli.make_parser('Test (and evaluate) a model', 'test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
-    parser.add_argument('--work-dir', help='the dir to save the evaluation results')
     parser.add_argument('--out', help='dump predictions to a pickle file for offline evaluation')
     parser.add_argument('--no-fuse', action='store_true',
                         help='test the unfused network (drop RepDeployHook)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override settings in the config, key=value')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    return cli.parse_args(parser, argv)
 
 
 def main():
     args = parse_args()
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = cli.load_config(args)
     cfg.load_from = args.checkpoint
     if args.no_fuse:
         cfg.custom_hooks = [h for h in cfg.get('custom_hooks', []) if h['type'] != 'RepDeployHook']
@@ -43,6 +26,11 @@ def main():
             else list(cfg.test_evaluator)
         cfg.test_evaluator.append(dict(type='DumpResults', out_file_path=args.out))
     runner = Runner.from_cfg(cfg)
+    # mmengine loads load_from non-strictly (a warning, then the wrong weights): check first
+    try:
+        load_checked(runner.model, args.checkpoint)
+    except CheckpointMismatchError as err:
+        raise SystemExit(f'tools/test.py: {err}')
     runner.test()
 
 

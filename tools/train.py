@@ -1,39 +1,22 @@
 """Train a detector or segmentor with mmrep's models (mmdet's tools/train.py flags)."""
-import argparse
-import os
-import os.path as osp
-
 import mmrep  # noqa: F401  registers mmrep models/hooks and the 'mmrep::' config scope
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.runner import Runner
 
+from mmrep.engine import cli
 
-def parse_args():
-    parser = argparse.ArgumentParser(description='Train a model')
-    parser.add_argument('config', help='train config file path')
-    parser.add_argument('--work-dir', help='the dir to save logs and models')
+
+def parse_args(argv=None):
+    parser = cli.make_parser('Train a model', 'train config file path')
     parser.add_argument('--amp', action='store_true', help='enable automatic-mixed-precision training')
     parser.add_argument('--auto-scale-lr', action='store_true', help='scale the lr by the batch size')
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from this checkpoint, or from the latest in work_dir if none given')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override settings in the config, key=value (e.g. train_dataloader.batch_size=2)')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    return cli.parse_args(parser, argv)
 
 
 def build_config(args) -> Config:
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = cli.load_config(args)
     if args.amp:
         if cfg.optim_wrapper.get('type', 'OptimWrapper') == 'AmpOptimWrapper':
             print('AMP training is already enabled in the config')

@@ -5,6 +5,7 @@ Shared by :class:`RepDeployHook` and ``tools/reparameterize.py``.
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 from typing import Optional
 
@@ -13,9 +14,10 @@ from mmengine.config import Config
 from mmengine.runner.checkpoint import _load_checkpoint
 from torch import nn
 
-from mmrep.reparam import reparameterize_model, unwrap_model
+from mmrep.reparam import fused_eval_copy, unwrap_model
+from mmrep.version import __version__
 
-# config types that take ``deploy=True`` to build the fused network directly
+# the registered mmrep types that take ``deploy=True`` to build the fused network directly
 DEPLOYABLE_TYPES = ('RepVGG', 'RepGhostNet', 'OREPAResNet', 'RepLKNet', 'RepPAFPN')
 
 
@@ -41,7 +43,7 @@ def load_checked(model: nn.Module, checkpoint: str) -> dict:
     expected = set(model.state_dict())
     got = set(state)
     if expected != got:
-        fused_keys = set(reparameterize_model(model).state_dict())
+        fused_keys = set(fused_eval_copy(model).state_dict())
         if got == fused_keys and fused_keys != expected:
             raise CheckpointMismatchError(
                 f'{checkpoint} is already fused (re-parameterized): it cannot be fused '
@@ -61,10 +63,49 @@ def load_checked(model: nn.Module, checkpoint: str) -> dict:
     return ckpt
 
 
+def resolve_model_type(model_type):
+    """The class a config ``type`` names (``'RepVGG'``, ``'mmdet.RepVGG'`` or a class), or None.
+
+    Looked up in mmdet's and mmseg's model registries, where mmrep registers its models.
+    """
+    if isinstance(model_type, type):
+        return model_type
+    if not isinstance(model_type, str):
+        return None
+    from mmdet.registry import MODELS as MMDET_MODELS
+    from mmseg.registry import MODELS as MMSEG_MODELS
+    for registry in (MMDET_MODELS, MMSEG_MODELS):
+        cls = registry.get(model_type)
+        if cls is not None:
+            return cls
+    return None
+
+
+def is_deployable(model_type) -> bool:
+    """Does this config ``type`` build an mmrep model that takes ``deploy=True``?"""
+    cls = resolve_model_type(model_type)
+    return (cls is not None and cls.__module__.startswith('mmrep.')
+            and hasattr(cls, 'reparameterize')
+            and 'deploy' in inspect.signature(cls.__init__).parameters)
+
+
+def registered_name(cls: type):
+    """``'mmdet.Name'`` / ``'mmseg.Name'`` for a class registered under its name, else the class."""
+    from mmdet.registry import MODELS as MMDET_MODELS
+    from mmseg.registry import MODELS as MMSEG_MODELS
+    for scope, registry in (('mmdet', MMDET_MODELS), ('mmseg', MMSEG_MODELS)):
+        if registry.get(cls.__name__) is cls:
+            return f'{scope}.{cls.__name__}'
+    return cls
+
+
 def _set_deploy(node) -> int:
     count = 0
     if isinstance(node, dict):
-        if node.get('type') in DEPLOYABLE_TYPES:
+        if isinstance(node.get('type'), type):
+            # a class object (pure-Python configs) cannot be written to a config file
+            node['type'] = registered_name(node['type'])
+        if 'type' in node and is_deployable(node['type']):
             node['deploy'] = True
             node['init_cfg'] = None  # the fused weights come from the checkpoint
             count += 1
@@ -78,6 +119,9 @@ def _set_deploy(node) -> int:
 def fused_config(cfg: Config, checkpoint: Optional[str] = None) -> Config:
     """A copy of ``cfg`` that builds the plain network (``deploy=True``) and loads ``checkpoint``."""
     cfg = copy.deepcopy(cfg)
+    if cfg.get('model') is None:
+        raise ValueError('the config has no model to fuse (a Runner built from a model '
+                         'object has none): use mmrep.reparameterize_model on the model')
     if _set_deploy(cfg.model) == 0:
         raise ValueError('the config has no mmrep backbone or neck to fuse '
                          f'(looked for types {", ".join(DEPLOYABLE_TYPES)})')
@@ -86,13 +130,57 @@ def fused_config(cfg: Config, checkpoint: Optional[str] = None) -> Config:
     return cfg
 
 
+def read_meta(checkpoint: str) -> dict:
+    """The ``meta`` dict of a checkpoint file (empty if it has none)."""
+    ckpt = _load_checkpoint(checkpoint, map_location='cpu')
+    return dict(ckpt.get('meta') or {}) if isinstance(ckpt, dict) else {}
+
+
+def fused_meta(source_meta: Optional[dict], cfg: Config, source_checkpoint: Optional[str],
+               extra: Optional[dict] = None) -> dict:
+    """The source checkpoint's meta (dataset_meta, mmengine version, ...) plus the fused keys.
+
+    ``cfg`` becomes the fused config's text (the source's is kept as ``source_cfg``).
+    """
+    meta = dict(source_meta or {})
+    if 'cfg' in meta:
+        meta['source_cfg'] = meta['cfg']
+    meta.update(extra or {})
+    meta.update(cfg=cfg.pretty_text, fused=True, mmrep_version=__version__,
+                source_checkpoint=source_checkpoint)
+    return meta
+
+
 def save_fused(model: nn.Module, cfg: Config, ckpt_path: str, cfg_path: str,
-               meta: Optional[dict] = None, overwrite: bool = False) -> None:
-    """Fuse a copy of ``model`` and write its checkpoint and a config that builds it."""
+               meta: Optional[dict] = None, overwrite: bool = False,
+               source_checkpoint: Optional[str] = None,
+               source_meta: Optional[dict] = None) -> None:
+    """Fuse a copy of ``model`` and write its checkpoint and a config that builds it.
+
+    Writes both files or neither. The checkpoint's ``meta`` keeps the source
+    checkpoint's meta (``source_meta``, else read from ``source_checkpoint``)
+    with ``fused``, ``mmrep_version``, ``source_checkpoint`` and ``meta`` added.
+    """
     for path in (ckpt_path, cfg_path):
         if os.path.exists(path) and not overwrite:
             raise FileExistsError(f'{path} exists; refusing to overwrite it (pass overwrite/--force)')
-    fused = reparameterize_model(model)
+    if source_checkpoint is None and meta:
+        source_checkpoint = meta.get('source_checkpoint')
+    if source_meta is None and source_checkpoint is not None:
+        source_meta = read_meta(source_checkpoint)
+    # everything that can fail runs before the first file is written
+    new_cfg = fused_config(cfg, os.path.abspath(ckpt_path))
+    fused = fused_eval_copy(model)
     state = {k: v.detach().cpu() for k, v in fused.state_dict().items()}
-    torch.save({'meta': dict(meta or {}, fused=True), 'state_dict': state}, ckpt_path)
-    fused_config(cfg, os.path.abspath(ckpt_path)).dump(cfg_path)
+    checkpoint = {'meta': fused_meta(source_meta, new_cfg, source_checkpoint, meta),
+                  'state_dict': state}
+    tmp_ckpt, tmp_cfg = ckpt_path + '.tmp', cfg_path + '.tmp.py'
+    try:
+        torch.save(checkpoint, tmp_ckpt)
+        new_cfg.dump(tmp_cfg)
+        os.replace(tmp_ckpt, ckpt_path)
+        os.replace(tmp_cfg, cfg_path)
+    finally:
+        for tmp in (tmp_ckpt, tmp_cfg):
+            if os.path.exists(tmp):
+                os.remove(tmp)

@@ -1,16 +1,17 @@
 """RepDeployHook: fuse the model for testing, optionally validate the fused model, export at the end."""
 from __future__ import annotations
 
-import copy
 import os.path as osp
-from typing import Optional
+import time
+from typing import Optional, Tuple
 
+import mmengine
 import torch
 from mmengine.dist import master_only
 from mmengine.hooks import EMAHook, Hook
 
-from mmrep.engine.deploy_utils import save_fused
-from mmrep.reparam import reparameterize_model, unwrap_model
+from mmrep.engine.deploy_utils import fused_config, read_meta, save_fused
+from mmrep.reparam import fused_eval_copy, reparameterize_model, unwrap_model
 
 
 class RepDeployHook(Hook):
@@ -18,18 +19,28 @@ class RepDeployHook(Hook):
 
     * before testing, the model is fused in place (``tools/test.py`` evaluates
       the plain network); with an ``EMAHook`` the EMA weights are fused;
-    * ``validate_fused=True``: after each validation a fused deep copy is
-      evaluated too, and ``fused/<metric>`` and ``fused/<metric>_diff`` are logged;
+    * ``validate_fused=True``: after each validation a fused deep copy of the
+      weights just validated (the EMA weights with an ``EMAHook``) is
+      evaluated too, and ``fused/<metric>`` and ``fused/<metric>_diff`` are
+      logged on the same line as the validation's own metrics;
     * at the end of training a fused checkpoint and a config that builds the
-      plain network are written next to the last checkpoint.
+      plain network are written next to the last checkpoint this run saved
+      (``<last>_fused.pth``, ``<config>_fused.py``); when this run saved no
+      checkpoint of its final weights they go to the run's log dir as
+      ``iter_<N>_fused.pth``. Both files or neither are written, and a
+      failure is logged, never raised: a finished training run does not end
+      in a crash from this hook.
 
     Args:
         fuse_before_test: fuse in ``before_test``.
         validate_fused: also evaluate a fused copy after each validation.
-        save_fused: write ``<last>_fused.pth`` and ``<config>_fused.py`` after training.
+        save_fused: write the fused checkpoint and config after training.
     """
 
-    priority = 'LOW'  # after EMAHook has swapped its weights back
+    # Above EMAHook (NORMAL): after_val_epoch runs while the validated (EMA)
+    # weights are still in the model; above LoggerHook (BELOW_NORMAL): the
+    # fused metrics reach the log line of the validation they belong to.
+    priority = 'ABOVE_NORMAL'
 
     def __init__(self, fuse_before_test: bool = True, validate_fused: bool = False,
                  save_fused: bool = True):
@@ -41,7 +52,8 @@ class RepDeployHook(Hook):
     def _ema_hook(runner) -> Optional[EMAHook]:
         return next((h for h in runner.hooks if isinstance(h, EMAHook)), None)
 
-    def _weights_to_fuse(self, runner) -> torch.nn.Module:
+    def _final_weights(self, runner) -> torch.nn.Module:
+        """The weights a test would use: the EMA copy with an EMAHook (not swapped in here)."""
         ema = self._ema_hook(runner)
         return ema.ema_model.module if ema is not None else unwrap_model(runner.model)
 
@@ -55,13 +67,15 @@ class RepDeployHook(Hook):
             # in now and stop EMAHook from swapping during this test.
             model.load_state_dict(ema.ema_model.module.state_dict())
             ema.before_test_epoch = ema.after_test_epoch = lambda *a, **k: None
+        model.eval()
         reparameterize_model(model, inplace=True)
         runner.logger.info('RepDeployHook: model fused for testing')
 
     def after_val_epoch(self, runner, metrics=None) -> None:
         if not self.validate_fused or not metrics:
             return
-        fused = reparameterize_model(self._weights_to_fuse(runner)).eval()
+        # EMAHook swaps its weights back after this hook: the model holds what was validated.
+        fused = fused_eval_copy(runner.model)
         loop = runner.val_loop
         with torch.no_grad():
             for data_batch in loop.dataloader:
@@ -75,21 +89,59 @@ class RepDeployHook(Hook):
                     runner.message_hub.update_scalar(f'val/fused/{key}_diff', value - metrics[key])
         runner.logger.info(f'RepDeployHook: fused model metrics {fused_metrics}')
 
+    def _source_checkpoint(self, runner) -> Tuple[Optional[str], Optional[dict]]:
+        """The checkpoint this run saved of its final weights, with its meta; else (None, None).
+
+        Read from CheckpointHook's record in the message hub, never from the
+        work dir's ``last_checkpoint`` file, which an earlier run may have left.
+        """
+        last = runner.message_hub.get_info('last_ckpt')
+        if not last or not osp.isfile(last):
+            return None, None
+        meta = read_meta(last)
+        if meta.get('iter') != runner.iter:  # saved earlier: the model has trained since
+            return None, None
+        return last, meta
+
+    @staticmethod
+    def _runner_meta(runner) -> dict:
+        """The meta mmengine's Runner.save_checkpoint would have written now."""
+        meta = dict(epoch=runner.epoch, iter=runner.iter, seed=runner.seed,
+                    experiment_name=runner.experiment_name,
+                    time=time.strftime('%Y%m%d_%H%M%S', time.localtime()),
+                    mmengine_version=mmengine.__version__)
+        dataset = getattr(runner.train_dataloader, 'dataset', None)
+        if getattr(dataset, 'metainfo', None) is not None:
+            meta['dataset_meta'] = dataset.metainfo
+        return meta
+
     @master_only
     def after_train(self, runner) -> None:
         if not self.save_fused:
             return
-        last = osp.join(runner.work_dir, 'last_checkpoint')
-        if osp.isfile(last):
-            with open(last) as f:
-                ckpt = f.read().strip()
+        try:
+            self._write_fused(runner)
+        except Exception as err:  # a finished training run must not end in a crash here
+            runner.logger.warning(
+                f'RepDeployHook: no fused checkpoint written ({type(err).__name__}: {err}). '
+                'The training checkpoints are intact; fuse one offline with '
+                'tools/reparameterize.py CONFIG CHECKPOINT OUT_DIR.')
+
+    def _write_fused(self, runner) -> None:
+        cfg = runner.cfg
+        fused_config(cfg)  # no model config (Runner built from a model object) or nothing to fuse
+        source, source_meta = self._source_checkpoint(runner)
+        if source is not None:
+            out_dir, stem = osp.dirname(source), osp.splitext(osp.basename(source))[0]
         else:
-            ckpt = osp.join(runner.work_dir, 'final.pth')
-        stem = osp.splitext(osp.basename(ckpt))[0]
-        out_dir = osp.dirname(ckpt) or runner.work_dir
-        cfg_name = osp.splitext(osp.basename(runner.cfg.filename or 'config.py'))[0]
+            # a new name in this run's own folder: nothing of an earlier run is overwritten
+            out_dir, stem = runner.log_dir, f'iter_{runner.iter}'
+            source_meta = self._runner_meta(runner)
+        cfg_name = osp.splitext(osp.basename(cfg.filename or 'config.py'))[0]
         ckpt_path = osp.join(out_dir, f'{stem}_fused.pth')
         cfg_path = osp.join(out_dir, f'{cfg_name}_fused.py')
-        save_fused(self._weights_to_fuse(runner), copy.deepcopy(runner.cfg), ckpt_path, cfg_path,
-                   meta=dict(source_checkpoint=ckpt), overwrite=True)
-        runner.logger.info(f'RepDeployHook: wrote {ckpt_path} and {cfg_path}')
+        save_fused(self._final_weights(runner), cfg, ckpt_path, cfg_path,
+                   source_checkpoint=source, source_meta=source_meta, overwrite=True)
+        runner.logger.info(f'RepDeployHook: wrote {ckpt_path} and {cfg_path}'
+                           + ('' if source else ' (this run saved no checkpoint of its '
+                              'final weights)'))

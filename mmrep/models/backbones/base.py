@@ -7,8 +7,9 @@ options OpenMMLab users expect: ``out_indices``, ``frozen_stages``,
 """
 from __future__ import annotations
 
+import contextlib
 from functools import partial
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 import torch.utils.checkpoint as cp
@@ -25,12 +26,53 @@ NUM_STAGES = 4
 
 
 def _build_norm(norm_cfg: dict, num_features: int) -> nn.Module:
-    return build_norm_layer(norm_cfg, num_features)[1]
+    norm = build_norm_layer(norm_cfg, num_features)[1]
+    check_foldable_norm(norm, norm_cfg)
+    return norm
+
+
+def check_foldable_norm(norm: nn.Module, norm_cfg: dict) -> None:
+    """Refuse a norm that fusion cannot fold into a conv, at build time rather than after training.
+
+    Only a BatchNorm with running statistics (BN, SyncBN) is a fixed affine map in eval mode.
+    """
+    if not isinstance(norm, nn.modules.batchnorm._BatchNorm):
+        raise ValueError(f'norm_cfg {norm_cfg} builds {type(norm).__name__}, which cannot be '
+                         'folded into a conv when the model is fused: use BN or SyncBN')
+    if not norm.track_running_stats:
+        raise ValueError(f'norm_cfg {norm_cfg} builds a {type(norm).__name__} with '
+                         'track_running_stats=False: its output depends on the batch, so it '
+                         'cannot be folded into a conv when the model is fused')
 
 
 def make_norm_layer(norm_cfg: Optional[dict]) -> NormLayer:
-    """A ``channels -> norm module`` factory from an mmcv ``norm_cfg`` (BN, SyncBN, ...)."""
+    """A ``channels -> norm module`` factory from an mmcv ``norm_cfg`` (BN, SyncBN, ...).
+
+    Norms that cannot be fused (GN, LN, IN, BN without running statistics)
+    raise a ValueError naming them when the first one is built.
+    """
     return partial(_build_norm, dict(norm_cfg or dict(type='BN', requires_grad=True)))
+
+
+@contextlib.contextmanager
+def running_stats_kept(module: nn.Module) -> Iterator[None]:
+    """Whatever runs inside, the BatchNorm running statistics of ``module`` end as they began.
+
+    Activation checkpointing re-runs a block in training mode during backward;
+    without this the running statistics, which fusion folds into the convs,
+    would be updated twice per step. (The re-run itself must stay the same
+    computation, so the statistics are restored rather than not updated.)
+    """
+    norms = [m for m in module.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [{name: buf.clone() for name, buf in m.named_buffers(recurse=False)} for m in norms]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for norm, buffers in zip(norms, saved):
+                for name, value in buffers.items():
+                    getattr(norm, name).copy_(value)
 
 
 def check_choice(name: str, value, valid: Sequence) -> None:
@@ -75,7 +117,8 @@ class RepBackbone(BaseModule):
 
     def _run(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.with_cp and self.training and x.requires_grad:
-            return cp.checkpoint(block, x, use_reentrant=False)
+            return cp.checkpoint(block, x, use_reentrant=False, context_fn=lambda: (
+                contextlib.nullcontext(), running_stats_kept(block)))
         return block(x)
 
     def forward(self, x: torch.Tensor) -> tuple:

@@ -132,6 +132,9 @@ class RepLKNet(RepBackbone):
             FoldableNorm(width, norm_layer, deploy)
             if norm_intermediate_features and i in self.out_indices else nn.Identity()
             for i, width in enumerate(channels))
+        # Freeze now, not only at train(): DDP wraps the model before train() and
+        # would wait for gradients of a frozen stem that never come.
+        self._freeze_stages()
 
     def _conv_relu(self, in_channels: int, out_channels: int, kernel_size: int, stride: int,
                    groups: int, norm_layer: NormLayer) -> ConvBN:

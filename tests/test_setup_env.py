@@ -1,0 +1,115 @@
+"""scripts/mmcv_wheel.sh: which mmcv build setup_env.sh makes (cpu or cuda) and which cached
+wheel it reuses. A stand-in ``nvcc`` on PATH plays the CUDA toolkit; nothing is built."""
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+
+SCRIPT = osp.join(REPO_ROOT, 'scripts', 'mmcv_wheel.sh')
+WHEEL = 'mmcv-2.1.0-cp311-cp311-linux_x86_64.whl'
+NVCC_VERSION = ('nvcc: NVIDIA (R) Cuda compiler driver',
+                'Cuda compilation tools, release 12.1, V12.1.105')
+
+
+def run(*args, path_dirs=(), env=None):
+    # a PATH with the basic tools but no real nvcc or nvidia-smi
+    base = [d for d in os.environ['PATH'].split(os.pathsep)
+            if not any(osp.isfile(osp.join(d, tool)) for tool in ('nvcc', 'nvidia-smi'))]
+    environ = {k: v for k, v in os.environ.items() if k not in ('CUDA_HOME', 'MMREP_MMCV_VARIANT')}
+    environ.update(env or {}, PATH=os.pathsep.join([*map(str, path_dirs), *base]))
+    done = subprocess.run(['bash', SCRIPT, *map(str, args)], capture_output=True, text=True,
+                          env=environ)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip(), done.stderr
+
+
+@pytest.fixture
+def fake_nvcc(tmp_path):
+    folder = tmp_path / 'cuda' / 'bin'
+    folder.mkdir(parents=True)
+    nvcc = folder / 'nvcc'
+    nvcc.write_text('#!/bin/sh\n' + ''.join(f'echo "{line}"\n' for line in NVCC_VERSION))
+    nvcc.chmod(0o755)
+    assert subprocess.run([str(nvcc), '--version'], capture_output=True, text=True).stdout \
+        .strip().endswith('V12.1.105')
+    return folder
+
+
+@pytest.fixture
+def fake_gpu(tmp_path):
+    """A stand-in nvidia-smi that lists one GPU."""
+    folder = tmp_path / 'driver'
+    folder.mkdir()
+    smi = folder / 'nvidia-smi'
+    smi.write_text('#!/bin/sh\necho "GPU 0: NVIDIA A100-SXM4-40GB (UUID: GPU-0)"\n')
+    smi.chmod(0o755)
+    return folder
+
+
+def fake_python(tmp_path, cuda: bool):
+    """A stand-in python whose torch is (or is not) a CUDA build."""
+    py = tmp_path / ('py_cuda' if cuda else 'py_cpu')
+    py.write_text(f'#!/bin/sh\nexit {0 if cuda else 1}\n')
+    py.chmod(0o755)
+    return py
+
+
+def test_no_cuda_toolkit_builds_for_cpu():
+    assert run('variant')[0] == 'cpu'
+
+
+def test_nvcc_and_gpu_build_for_the_toolkits_cuda_release(fake_nvcc, fake_gpu, tmp_path):
+    assert run('variant', path_dirs=[fake_nvcc, fake_gpu])[0] == 'cuda12.1'
+    assert run('variant', fake_python(tmp_path, cuda=True),
+               path_dirs=[fake_nvcc, fake_gpu])[0] == 'cuda12.1'
+    assert run('build-env', 'cuda12.1')[0] == 'MMCV_WITH_OPS=1 FORCE_CUDA=1'
+    assert run('build-env', 'cpu')[0] == 'MMCV_WITH_OPS=1 FORCE_CUDA=0'
+
+
+def test_cuda_home_nvcc_is_found(fake_nvcc, fake_gpu):
+    assert run('variant', path_dirs=[fake_gpu],
+               env={'CUDA_HOME': str(fake_nvcc.parent)})[0] == 'cuda12.1'
+
+
+def test_toolkit_without_gpu_builds_for_cpu_unless_asked(fake_nvcc):
+    # as on the machine these tests were written on: a CUDA 13.0 toolkit but no GPU
+    out, err = run('variant', path_dirs=[fake_nvcc])
+    assert out == 'cpu' and 'no GPU' in err
+    assert run('variant', path_dirs=[fake_nvcc],
+               env={'MMREP_MMCV_VARIANT': 'cuda'})[0] == 'cuda12.1'
+
+
+def test_cpu_torch_or_explicit_choice_keeps_cpu(fake_nvcc, fake_gpu, tmp_path):
+    out, err = run('variant', fake_python(tmp_path, cuda=False), path_dirs=[fake_nvcc, fake_gpu])
+    assert out == 'cpu' and 'torch is a CPU build' in err
+    assert run('variant', path_dirs=[fake_nvcc, fake_gpu],
+               env={'MMREP_MMCV_VARIANT': 'cpu'})[0] == 'cpu'
+
+
+def test_cached_wheels_are_found_per_variant(tmp_path):
+    wheels = tmp_path / 'wheels'
+    wheels.mkdir()
+    assert run('cached', wheels, '2.1.0', 'cpu')[0] == ''  # nothing cached: build
+    (wheels / WHEEL).write_text('')  # a wheel cached before variants existed: a cpu build
+    assert run('cached', wheels, '2.1.0', 'cpu')[0] == str(wheels / WHEEL)
+    assert run('cached', wheels, '2.1.0', 'cuda12.1')[0] == ''  # never taken for cuda
+    cuda = wheels / 'mmcv-2.1.0-cuda12.1'
+    cuda.mkdir()
+    (cuda / WHEEL).write_text('')
+    assert run('cached', wheels, '2.1.0', 'cuda12.1')[0] == str(cuda / WHEEL)
+    assert run('cached', wheels, '2.1.0', 'cuda11.8')[0] == ''
+    cpu = wheels / 'mmcv-2.1.0-cpu'
+    cpu.mkdir()
+    (cpu / WHEEL).write_text('')
+    assert run('cached', wheels, '2.1.0', 'cpu')[0] == str(cpu / WHEEL)
+
+
+def test_setup_env_uses_the_selection():
+    text = open(osp.join(REPO_ROOT, 'scripts', 'setup_env.sh')).read()
+    assert 'source "$ROOT/scripts/mmcv_wheel.sh"' in text
+    assert 'FORCE_CUDA=0' not in text  # the build environment comes from mmcv_build_env
+    assert subprocess.run(['bash', '-n', osp.join(REPO_ROOT, 'scripts', 'setup_env.sh')]).returncode == 0
