@@ -18,7 +18,6 @@ import os.path as osp
 import pickle
 import re
 from types import ModuleType
-from typing import Dict, Optional
 
 import torch
 from mmengine.logging import print_log

@@ -147,6 +147,16 @@ def rename_parts(state: Mapping[str, Tensor], table: Sequence[Tuple[str, str]]) 
     return _unique(renamed)
 
 
+def check_request(family: str, sources: Sequence[str], archs: Mapping[str, dict],
+                  source: str, arch: str) -> str:
+    """Refuse a ``source`` or ``arch`` that ``family`` does not convert; the arch, lower case."""
+    if source not in sources:
+        raise ConversionError(f'{family} converts from {", ".join(sources)}, not {source!r}')
+    if arch.lower() not in archs:
+        raise ConversionError(f'unknown {family} arch {arch!r}; valid: {", ".join(sorted(archs))}')
+    return arch.lower()
+
+
 def require_prefix(state: Mapping[str, Tensor], prefixes: Sequence[str], what: str) -> None:
     """Refuse a state in which no key starts with one of ``prefixes`` (another layout)."""
     if not any(k.startswith(tuple(prefixes)) for k in state):

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from mmrep.blocks.orepa import DWS_EXPANSION, frequency_prior
-from mmrep.converters.common import Conversion, ConversionError
+from mmrep.converters.common import Conversion, ConversionError, check_request
 from mmrep.models.backbones.orepa_resnet import OREPABottleneck, OREPAResNet
 
 FAMILY = 'orepa_resnet'
@@ -161,11 +161,7 @@ def convert(state: Dict[str, Tensor], source: str, arch: str) -> Conversion:
     for ``OREPAResNet(depth, deploy=True)``. The classifier (``linear``) and
     the constant buffers are dropped and listed in ``Conversion.dropped``.
     """
-    if source not in SOURCES:
-        raise ConversionError(f'OREPA-ResNet weights come from {SOURCES}, not {source!r}')
-    arch = arch.lower()
-    if arch not in ARCHS:
-        raise ConversionError(f'unknown OREPA-ResNet arch {arch!r}; valid: {sorted(ARCHS)}')
+    arch = check_request('OREPA-ResNet', SOURCES, ARCHS, source, arch)
     dropped: List[str] = []
     unknown: List[str] = []
     kernels: Dict[str, Dict[str, Tensor]] = {}  # kernel_gen prefix -> official leaves

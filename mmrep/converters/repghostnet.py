@@ -23,7 +23,7 @@ from typing import Dict
 
 from torch import Tensor
 
-from mmrep.converters.common import (Conversion, ConversionError, detect_deploy, drop_by_prefix,
+from mmrep.converters.common import (Conversion, check_request, detect_deploy, drop_by_prefix,
                                      fold_bn_pairs, rename_by_prefix, rename_parts,
                                      require_prefix)
 from mmrep.models.backbones.repghostnet import RepGhostNet
@@ -63,8 +63,7 @@ _TABLE = [('conv_stem.', 'stem.conv.'), ('bn1.', 'stem.bn.')] + _block_prefixes(
 
 def convert(state: Dict[str, Tensor], source: str, arch: str) -> Conversion:
     """Regroup and rename RepGhostNet weights; a deploy-form checkpoint gets its BNs folded."""
-    if source not in SOURCES:
-        raise ConversionError(f'RepGhostNet converts from {", ".join(SOURCES)}, not {source!r}')
+    check_request('RepGhostNet', SOURCES, ARCHS, source, arch)
     require_prefix(state, ('conv_stem.',), f'{source} RepGhostNet')
     state, dropped = drop_by_prefix(state, HEAD)
     state = rename_parts(rename_by_prefix(state, _TABLE), _PARTS)

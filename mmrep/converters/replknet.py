@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from mmrep import fusion
-from mmrep.converters.common import Conversion, ConversionError
+from mmrep.converters.common import Conversion, ConversionError, check_request
 from mmrep.models.backbones.replknet import RepLKNet
 
 FAMILY = 'replknet'
@@ -151,11 +151,7 @@ def convert(state: Dict[str, Tensor], source: str, arch: str,
     output norm the target model has (``norm_intermediate_features=True`` and
     in ``out_indices``); the checkpoint's other stage norms are dropped.
     """
-    if source not in SOURCES:
-        raise ConversionError(f'RepLKNet weights come from {SOURCES}, not {source!r}')
-    arch = arch.lower()
-    if arch not in ARCHS:
-        raise ConversionError(f'unknown RepLKNet arch {arch!r}; valid: {sorted(ARCHS)}')
+    arch = check_request('RepLKNet', SOURCES, ARCHS, source, arch)
     renamed: Dict[str, Tensor] = {}
     dropped: List[str] = []
     unknown: List[str] = []

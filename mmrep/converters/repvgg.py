@@ -24,7 +24,7 @@ from typing import Dict
 
 from torch import Tensor
 
-from mmrep.converters.common import (Conversion, ConversionError, detect_deploy, drop_by_prefix,
+from mmrep.converters.common import (Conversion, check_request, detect_deploy, drop_by_prefix,
                                      rename_by_prefix, rename_parts, require_prefix)
 from mmrep.models.backbones.base import NUM_STAGES
 from mmrep.models.backbones.repvgg import RepVGG
@@ -59,8 +59,7 @@ _LAYOUTS = {
 
 def convert(state: Dict[str, Tensor], source: str, arch: str) -> Conversion:
     """Rename the RepVGG weights of ``source`` to mmrep's; the form (train / deploy) is detected."""
-    if source not in _LAYOUTS:
-        raise ConversionError(f'RepVGG converts from {", ".join(SOURCES)}, not {source!r}')
+    check_request('RepVGG', SOURCES, ARCHS, source, arch)
     layout = _LAYOUTS[source]
     require_prefix(state, layout['signature'], f'{source} RepVGG')
     state, dropped = drop_by_prefix(state, layout['head'])

@@ -128,14 +128,21 @@ class RepBackbone(BaseModule):
             for block in stage:
                 x = self._run(block, x)
             if i in self.out_indices:
-                outs.append(x)
+                outs.append(self._stage_output(i, x))
         return tuple(outs)
+
+    def _stage_output(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """What stage ``index`` returns from its final map (a subclass may normalize it)."""
+        return x
+
+    def _frozen_modules(self) -> list:
+        """The modules ``frozen_stages`` freezes: the stem and the first stages."""
+        return [self.stem] + list(self.stages[:self.frozen_stages])
 
     def _freeze_stages(self) -> None:
         if self.frozen_stages < 0:
             return
-        frozen = [self.stem] + list(self.stages[:self.frozen_stages])
-        for module in frozen:
+        for module in self._frozen_modules():
             module.eval()
             for param in module.parameters():
                 param.requires_grad = False

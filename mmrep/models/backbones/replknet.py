@@ -141,21 +141,10 @@ class RepLKNet(RepBackbone):
         return ConvBN(in_channels, out_channels, kernel_size, stride, groups=groups,
                       norm_layer=norm_layer, act_layer=nn.ReLU, deploy=self.deploy)
 
-    def _freeze_stages(self) -> None:
-        super()._freeze_stages()
+    def _frozen_modules(self) -> list:
         # A frozen stage's output norm is frozen with it (as mmdet's Swin does).
-        for norm in self.out_norms[:max(self.frozen_stages, 0)]:
-            norm.eval()
-            for param in norm.parameters():
-                param.requires_grad = False
+        return super()._frozen_modules() + list(self.out_norms[:self.frozen_stages])
 
-    def forward(self, x: torch.Tensor) -> tuple:
-        x = self._run(self.stem, x)
-        outs = []
-        for i, stage in enumerate(self.stages):
-            for block in stage:
-                x = self._run(block, x)
-            if i in self.out_indices:
-                # The norm only feeds the neck; the next stage reads the raw map.
-                outs.append(self.out_norms[i](x))
-        return tuple(outs)
+    def _stage_output(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        # The norm only feeds the neck; the next stage reads the raw map.
+        return self.out_norms[index](x)
