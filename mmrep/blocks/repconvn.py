@@ -12,16 +12,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmrep import fusion
-from mmrep.blocks.base import ActLayer, ConvBN, NormLayer, ReparamModule, conv_from
+from mmrep.blocks.base import ActLayer, ConvBN, NormLayer
+from mmrep.blocks.repvgg import RepVGGBlock
 
 
-class RepConvN(ReparamModule):
+class RepConvN(RepVGGBlock):
     """``act(BN(conv3x3(x)) + BN(conv1x1(x)))``, fused to ``act(conv3x3'(x))``.
 
-    Exactly two branches, whatever the shapes: unlike :class:`~mmrep.blocks.repvgg.RepVGGBlock`
-    there is no identity branch even when ``in_channels == out_channels`` and
-    ``stride == 1`` (YOLOv7's RepConvN).
+    A :class:`~mmrep.blocks.repvgg.RepVGGBlock` without identity: exactly two
+    branches, even when ``in_channels == out_channels`` and ``stride == 1``
+    (YOLOv7's RepConvN), with SiLU by default and no SE.
 
     Args:
         in_channels: input channels.
@@ -36,37 +36,8 @@ class RepConvN(ReparamModule):
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, groups: int = 1,
                  act_layer: ActLayer = nn.SiLU, norm_layer: NormLayer = nn.BatchNorm2d,
                  deploy: bool = False):
-        super().__init__()
-        self.deploy = deploy
-        if deploy:
-            self.branch_reparam = nn.Conv2d(in_channels, out_channels, 3, stride, 1,
-                                            groups=groups, bias=True)
-        else:
-            self.branch_3x3 = ConvBN(in_channels, out_channels, 3, stride, groups=groups,
-                                     norm_layer=norm_layer)
-            self.branch_1x1 = ConvBN(in_channels, out_channels, 1, stride, padding=0,
-                                     groups=groups, norm_layer=norm_layer)
-        self.act = act_layer()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.deploy:
-            return self.act(self.branch_reparam(x))
-        return self.act(self.branch_3x3(x) + self.branch_1x1(x))
-
-    def fused_kernel_bias(self) -> fusion.KernelBias:
-        """The ``(W, b)`` of the branch sum (before the activation)."""
-        if self.deploy:
-            return self.branch_reparam.weight, self.branch_reparam.bias
-        return fusion.sum_branches([self.branch_3x3.fused_kernel_bias(),
-                                    self.branch_1x1.fused_kernel_bias()])
-
-    def reparameterize(self) -> None:
-        if self.deploy:
-            return
-        kernel, bias = self.fused_kernel_bias()
-        self.branch_reparam = conv_from(self.branch_3x3.conv, kernel, bias)
-        del self.branch_3x3, self.branch_1x1
-        self.deploy = True
+        super().__init__(in_channels, out_channels, stride, groups, norm_layer=norm_layer,
+                         act_layer=act_layer, deploy=deploy, use_identity=False)
 
 
 class RepNBottleneck(nn.Module):
