@@ -31,13 +31,16 @@ class RepConvN(RepVGGBlock):
         act_layer: builds the output activation (SiLU in YOLOv7/v9).
         norm_layer: builds a norm from a channel count (BN, SyncBN, ...).
         deploy: build the fused form (``branch_reparam``) directly.
+        quant_friendly: QARepVGG's layout ``act(BN(BN3(conv3x3(x)) + conv1x1(x)))``
+            (see :class:`~mmrep.blocks.repvgg.RepVGGBlock`).
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, groups: int = 1,
                  act_layer: ActLayer = nn.SiLU, norm_layer: NormLayer = nn.BatchNorm2d,
-                 deploy: bool = False):
+                 deploy: bool = False, quant_friendly: bool = False):
         super().__init__(in_channels, out_channels, stride, groups, norm_layer=norm_layer,
-                         act_layer=act_layer, deploy=deploy, use_identity=False)
+                         act_layer=act_layer, deploy=deploy, use_identity=False,
+                         quant_friendly=quant_friendly)
 
 
 class RepNBottleneck(nn.Module):
@@ -53,15 +56,17 @@ class RepNBottleneck(nn.Module):
         in_channels, out_channels: block input and output channels.
         shortcut: add the input to the output when the widths agree.
         expansion: hidden width is ``int(out_channels * expansion)``.
-        act_layer, norm_layer, deploy: as :class:`RepConvN`.
+        act_layer, norm_layer, deploy, quant_friendly: as :class:`RepConvN`.
     """
 
     def __init__(self, in_channels: int, out_channels: int, shortcut: bool = True,
                  expansion: float = 1.0, act_layer: ActLayer = nn.SiLU,
-                 norm_layer: NormLayer = nn.BatchNorm2d, deploy: bool = False):
+                 norm_layer: NormLayer = nn.BatchNorm2d, deploy: bool = False,
+                 quant_friendly: bool = False):
         super().__init__()
         hidden = int(out_channels * expansion)
-        conv = dict(act_layer=act_layer, norm_layer=norm_layer, deploy=deploy)
+        conv = dict(act_layer=act_layer, norm_layer=norm_layer, deploy=deploy,
+                    quant_friendly=quant_friendly)
         self.conv1 = RepConvN(in_channels, hidden, **conv)
         self.conv2 = RepConvN(hidden, out_channels, **conv)
         self.add_identity = shortcut and in_channels == out_channels
@@ -84,17 +89,21 @@ class RepNCSP(nn.Module):
         shortcut: residual inside each bottleneck.
         expansion: each path has ``int(out_channels * expansion)`` channels.
         act_layer, norm_layer, deploy: as :class:`RepConvN`.
+        quant_friendly: QARepVGG's layout in every :class:`RepConvN` (the 1x1
+            ConvBNs are plain conv + BN already).
     """
 
     def __init__(self, in_channels: int, out_channels: int, num_blocks: int = 1,
                  shortcut: bool = True, expansion: float = 0.5, act_layer: ActLayer = nn.SiLU,
-                 norm_layer: NormLayer = nn.BatchNorm2d, deploy: bool = False):
+                 norm_layer: NormLayer = nn.BatchNorm2d, deploy: bool = False,
+                 quant_friendly: bool = False):
         super().__init__()
         hidden = int(out_channels * expansion)
         layer = dict(act_layer=act_layer, norm_layer=norm_layer, deploy=deploy)
         self.main_conv = ConvBN(in_channels, hidden, 1, **layer)
         self.short_conv = ConvBN(in_channels, hidden, 1, **layer)
-        self.blocks = nn.Sequential(*(RepNBottleneck(hidden, hidden, shortcut, **layer)
+        self.blocks = nn.Sequential(*(RepNBottleneck(hidden, hidden, shortcut,
+                                                     quant_friendly=quant_friendly, **layer)
                                       for _ in range(num_blocks)))
         self.final_conv = ConvBN(2 * hidden, out_channels, 1, **layer)
 
