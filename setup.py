@@ -25,7 +25,8 @@ setup(
         'regex',
     ],
     extras_require={
-        'deploy': ['mmdeploy==1.3.1', 'onnx==1.17.0', 'onnxruntime==1.26.*', 'protobuf==3.20.2'],
+        'deploy': ['mmdeploy==1.3.1', 'onnx==1.17.0', 'onnxruntime==1.26.*', 'protobuf==3.20.2',
+                   'ml_dtypes'],
         'tests': ['pytest', 'hypothesis'],
     },
     license='Apache-2.0',

@@ -42,6 +42,7 @@ if not hasattr(_opset9, '_cast_Long'):
 from .graph_checks import check_onnx_graph, count_conv2d  # noqa: E402
 from .compare import compare_detections, compare_instances, compare_segmentation  # noqa: E402
 from .pipeline import ExportCheckError, export_and_verify  # noqa: E402
+from . import rewriters  # noqa: E402,F401  (exact adaptive_avg_pool2d export)
 
 __all__ = ['check_onnx_graph', 'count_conv2d', 'compare_detections', 'compare_instances',
            'compare_segmentation', 'export_and_verify', 'ExportCheckError']

@@ -1,0 +1,90 @@
+"""tools/deploy.py on every shipped config family, with random weights and small inputs.
+
+Each shipped config is exported as it is, except for a smaller test input (and
+every box kept, so that there are detections to compare): fusion, mmdeploy
+export, graph checks (only the convs inference runs) and onnxruntime agreement.
+"""
+import os
+import os.path as osp
+import sys
+
+import pytest
+
+pytest.importorskip('mmdeploy')
+pytest.importorskip('onnxruntime')
+
+from conftest import REPO_ROOT, shared_data  # noqa: E402
+from test_export import DEPLOY_DIR, _coco_image, _random_checkpoint  # noqa: E402
+
+sys.path.insert(0, osp.join(REPO_ROOT, 'tools'))
+import deploy as deploy_tool  # noqa: E402
+
+from mmengine.config import Config  # noqa: E402
+
+SIZE = (224, 224)
+
+
+def _small_input(cfg: Config, size=SIZE) -> None:
+    for step in cfg.test_dataloader.dataset.pipeline:
+        if step['type'] == 'Resize':
+            step.update(scale=size, keep_ratio=False)
+        if step['type'] == 'Pad' and 'size' in step:
+            step['size'] = size
+    cfg.test_pipeline = cfg.test_dataloader.dataset.pipeline
+
+
+def _deploy(tmp_path, config: str, deploy_cfg: str, image: str, *extra) -> dict:
+    cfg = Config.fromfile(osp.join(REPO_ROOT, 'configs', config))
+    _small_input(cfg)
+    if cfg.model.get('test_cfg') is not None and 'score_thr' in cfg.model.test_cfg:
+        cfg.model.test_cfg.score_thr = 0.0
+    if cfg.get('default_scope') == 'mmseg':
+        cfg.model.data_preprocessor.size = None  # no padding to the training crop
+    cfg_path = str(tmp_path / 'model_cfg.py')
+    cfg.dump(cfg_path)
+    ckpt = _random_checkpoint(cfg, str(tmp_path / 'unfused.pth'))
+    return deploy_tool.main([osp.join(DEPLOY_DIR, deploy_cfg), cfg_path, ckpt, image,
+                             '--work-dir', str(tmp_path / 'work'), *extra])
+
+
+def _assert_plain_graph(report):
+    graph = report['graph']
+    assert report['ok'], report['errors']
+    assert graph['bn_nodes'] == 0 and graph['parallel_conv_adds'] == []
+    assert graph['conv_weights'] == graph['torch_conv2d'] > 0
+
+
+@pytest.mark.parametrize('config', [
+    'retinanet_repvgg-a0_1x.py',
+    'retinanet_qarepvgg-a0_1x.py',
+    'retinanet_orepa-r18_1x.py',
+    'retinanet_repghost_reppafpn_1x.py',
+    'yolox-style_repvgg-a0_reppafpn.py',
+])
+def test_detection_configs_export(tmp_path, config):
+    report = _deploy(tmp_path, config, 'detection_onnxruntime_static.py', _coco_image())
+    _assert_plain_graph(report)
+    agree = report['agreement']
+    assert agree['compared'] > 0 and agree['unmatched'] == 0
+    assert report['input_shape'][-2:] == list(SIZE)
+
+
+def test_mask_rcnn_reppafpn_config_exports(tmp_path):
+    # untrained RPN: mmdeploy picks near-tie proposals over all levels, mmdet per level
+    report = _deploy(tmp_path, 'mask-rcnn_repvgg-a0_reppafpn_1x.py',
+                     'instance-seg_onnxruntime_static.py', _coco_image(), '--max-unmatched', '2')
+    _assert_plain_graph(report)
+    assert report['agreement']['matched'] >= 18
+    assert report['agreement']['min_mask_iou'] >= 0.9
+
+
+def test_upernet_camvid_config_exports_without_the_auxiliary_head(tmp_path):
+    camvid = shared_data('camvid')
+    image = osp.join(camvid, 'test', sorted(os.listdir(osp.join(camvid, 'test')))[0])
+    report = _deploy(tmp_path, 'upernet_repvgg-a0_camvid.py',
+                     'segmentation_onnxruntime_static.py', image)
+    graph = report['graph']
+    _assert_plain_graph(report)
+    # the auxiliary FCN head (2 convs) trains but never runs at inference
+    assert graph['torch_conv2d_total'] == graph['torch_conv2d'] + 2
+    assert report['agreement']['pixels'] == 480 * 360
