@@ -65,32 +65,30 @@ def check_graph_quantizable(onnx_path: str) -> None:
                              'onnxruntime.quantization cannot load for calibration')
 
 
-def eval_dataloader_cfg(cfg, limit: Optional[int] = None) -> dict:
-    """The config's val (else test) dataloader, one image per batch, in order.
+def build_eval_dataloader(cfg, limit: Optional[int] = None):
+    """The config's val (else test) data set, one image per batch, in order.
 
     The data set keeps its own pipeline (the real test pipeline). ``limit``
-    keeps the first images only (mmengine's ``indices``).
+    keeps the first images only.
     """
+    from mmengine.registry import DATASETS
+    from mmengine.runner import Runner
     source = cfg.get('val_dataloader') or cfg.get('test_dataloader')
     if not source or 'dataset' not in source:
         raise Int8InputError('the model config has no val_dataloader or test_dataloader '
                              'with a dataset to calibrate and evaluate on')
-    loader = copy.deepcopy(source)
-    loader.update(batch_size=1, num_workers=0, persistent_workers=False,
-                  sampler=dict(type='DefaultSampler', shuffle=False))
-    if limit is not None:
-        loader['dataset']['indices'] = int(limit)
-    return loader
-
-
-def build_eval_dataloader(cfg, limit: Optional[int] = None):
-    from mmengine.runner import Runner
-    loader = Runner.build_dataloader(eval_dataloader_cfg(cfg, limit))
-    if len(loader.dataset) == 0:
-        ann = loader.dataset.__dict__.get('ann_file', '')
+    # no serialization: one process reads it, and mmengine cannot serialize an empty set
+    dataset = DATASETS.build(dict(copy.deepcopy(source['dataset']), serialize_data=False))
+    if len(dataset) == 0:
         raise Int8InputError(f'the val/test data set of the model config has no images '
-                             f'(data_root {loader.dataset.data_root!r}, ann_file {ann!r})')
-    return loader
+                             f"(data_root {getattr(dataset, 'data_root', '')!r}, "
+                             f"ann_file {getattr(dataset, 'ann_file', '')!r})")
+    if limit is not None and limit < len(dataset):
+        dataset.get_subset_(int(limit))
+    loader = dict(copy.deepcopy({k: v for k, v in source.items() if k != 'dataset'}),
+                  dataset=dataset, batch_size=1, num_workers=0, persistent_workers=False,
+                  sampler=dict(type='DefaultSampler', shuffle=False))
+    return Runner.build_dataloader(loader)
 
 
 def _input_name_and_shape(onnx_path: str):
