@@ -10,6 +10,8 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
 
 pytest.importorskip('mmdeploy')
 pytest.importorskip('onnxruntime')
@@ -24,6 +26,9 @@ import deploy as deploy_tool  # noqa: E402
 
 from mmengine.config import Config  # noqa: E402
 from mmengine.registry import MODELS, init_default_scope  # noqa: E402
+
+from mmrep.deploy.compare import compare_segmentation_logits  # noqa: E402
+from mmrep.deploy.rewriters import exact_adaptive_avg_pool2d  # noqa: E402
 
 SIZE = (224, 224)
 
@@ -121,3 +126,33 @@ def test_upernet_camvid_config_exports_without_the_auxiliary_head(tmp_path):
     # the auxiliary FCN head (2 convs) trains but never runs at inference
     assert graph['torch_conv2d_total'] == graph['torch_conv2d'] + 2
     assert report['agreement']['pixels'] == 480 * 360
+    # 224 px: a 7x7 last feature that pool scales 2, 3 and 6 do not divide; the exact
+    # pooling (MatMuls) keeps the logits equal (mmdeploy's AvgPool was 9% off)
+    assert graph['op_counts'].get('MatMul', 0) > 0
+    assert report['agreement']['logits_rel_diff'] < 1e-5
+    assert report['agreement']['logit_argmax_agreement'] == 1.0
+
+
+@settings(max_examples=30, deadline=None)
+@given(h=st.integers(1, 17), w=st.integers(1, 17), out_h=st.integers(1, 7),
+       out_w=st.integers(1, 7))
+def test_exact_adaptive_avg_pool2d(h, w, out_h, out_w):
+    x = torch.randn(2, 3, h, w)
+    got = exact_adaptive_avg_pool2d(x, (out_h, out_w))
+    assert torch.allclose(got, F.adaptive_avg_pool2d(x, (out_h, out_w)), atol=1e-5)
+
+
+def test_segmentation_logits_tell_ties_from_differences():
+    ref = torch.zeros(1, 3, 4, 4)
+    ref[:, 0] = 1.0
+    ref[:, 1, 0, 0] = 1.0 - 1e-6  # one pixel where classes 0 and 1 tie
+    tie = ref.clone()
+    tie[:, 1, 0, 0] = 1.0 + 1e-6  # rounding flips its argmax
+    cmp = compare_segmentation_logits(ref, tie)
+    assert cmp['logit_argmax_flips'] == 1 and cmp['logits_rel_diff'] < 1e-5
+    assert cmp['flip_max_margin'] < 1e-5
+    real = ref.clone()
+    real[:, 2, 1:, 1:] = 5.0  # a real difference flips pixels with a clear margin
+    cmp = compare_segmentation_logits(ref, real)
+    assert cmp['logit_argmax_flips'] == 9 and cmp['logits_rel_diff'] == 5.0
+    assert cmp['flip_max_margin'] == 1.0

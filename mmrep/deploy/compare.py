@@ -80,14 +80,14 @@ def compare_segmentation_logits(ref, test) -> dict:
 
     Argmax labels alone cannot tell a real export difference from ties: an
     untrained head gives near-equal logits, and any rounding difference flips
-    their argmax. Here ``flip_max_margin`` is the largest top-1/top-2 logit gap
-    (in ``ref``) among the pixels whose argmax differs; when it is no larger
-    than twice ``max_abs_diff`` every flip is a tie (``flips_are_ties``).
+    their argmax. A pixel's argmax can only flip where its top-1/top-2 gap is at
+    most ``2 * logits_max_abs_diff``, so when the logits agree every flip is a
+    tie; ``flip_max_margin`` (the largest gap among flipped pixels) shows it.
     """
     a, b = _np(ref).astype(np.float64), _np(test).astype(np.float64)
     if a.shape != b.shape:
         return dict(logits_shape_torch=list(a.shape), logits_shape_onnx=list(b.shape),
-                    logits_rel_diff=float('inf'), flips_are_ties=False)
+                    logits_rel_diff=float('inf'))
     diff = float(np.abs(a - b).max())
     scale = max(float(np.abs(a).max()), 1e-12)
     top2 = np.sort(a, axis=1)[:, -2:]
@@ -97,5 +97,4 @@ def compare_segmentation_logits(ref, test) -> dict:
     return dict(logits_shape=list(a.shape), logits_max_abs_diff=diff, logits_scale=scale,
                 logits_rel_diff=diff / scale, logit_argmax_agreement=float(1 - flips.mean()),
                 logit_argmax_flips=int(flips.sum()), flip_max_margin=flip_margin,
-                median_top2_margin=float(np.median(margin)),
-                flips_are_ties=flip_margin is None or flip_margin <= 2 * diff)
+                median_top2_margin=float(np.median(margin)))
