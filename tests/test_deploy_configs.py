@@ -34,11 +34,12 @@ SIZE = (224, 224)
 
 
 def _small_input(cfg: Config, size=SIZE) -> None:
-    for step in cfg.test_dataloader.dataset.pipeline:
-        if step['type'] == 'Resize':
-            step.update(scale=size, keep_ratio=False)
-        if step['type'] == 'Pad' and 'size' in step:
-            step['size'] = size
+    for loader in (cfg.test_dataloader, cfg.val_dataloader):
+        for step in loader.dataset.pipeline:
+            if step['type'] == 'Resize':
+                step.update(scale=size, keep_ratio=False)
+            if step['type'] == 'Pad' and 'size' in step:
+                step['size'] = size
     cfg.test_pipeline = cfg.test_dataloader.dataset.pipeline
 
 
@@ -156,3 +157,20 @@ def test_segmentation_logits_tell_ties_from_differences():
     cmp = compare_segmentation_logits(ref, real)
     assert cmp['logit_argmax_flips'] == 9 and cmp['logits_rel_diff'] == 5.0
     assert cmp['flip_max_margin'] == 1.0
+
+
+def test_upernet_int8_with_miou(tmp_path):
+    camvid = shared_data('camvid')
+    image = osp.join(camvid, 'test', sorted(os.listdir(osp.join(camvid, 'test')))[0])
+    report = _deploy(tmp_path, 'upernet_repvgg-a0_camvid.py',
+                     'segmentation_onnxruntime_static.py', image,
+                     '--int8', '--calib-images', '2', '--eval')
+    assert report['ok'], report['errors']
+    int8 = report['int8']
+    assert int8['graph']['quantized_convs'] == int8['graph']['conv_nodes'] == 35
+    assert int8['agreement_with_fp32']['pixels'] == 480 * 360
+    assert int8['eval_images'] == len(os.listdir(osp.join(camvid, 'val')))
+    for kind in ('fp32', 'int8', 'torch_fp32'):
+        assert 0.0 <= int8[f'mIoU_{kind}'] <= 100.0
+    # the fp32 export's mIoU is the fused PyTorch model's (exact pooling export)
+    assert abs(int8['mIoU_fp32'] - int8['mIoU_torch_fp32']) < 1.0

@@ -103,8 +103,8 @@ def _check_static_shape(array: np.ndarray, dims: list, what: str) -> None:
         raise Int8InputError(
             f'{what} has shape {list(array.shape)} but the ONNX input is fixed to {dims}: '
             'images of this data set do not all reach the exported size through the test '
-            'pipeline; export with a dynamic deploy config '
-            '(configs/deploy/detection_onnxruntime_dynamic.py) instead')
+            'pipeline; export with a dynamic-shape deploy config instead (for detection '
+            'configs/deploy/detection_onnxruntime_dynamic.py)')
 
 
 class PipelineCalibrationReader:
