@@ -12,16 +12,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmrep import fusion
-from mmrep.blocks.base import ActLayer, ConvBN, NormLayer, ReparamModule, conv_from
+from mmrep.blocks.base import ActLayer, ConvBN, NormLayer
+from mmrep.blocks.repvgg import RepVGGBlock
 
 
-class RepConvN(ReparamModule):
+class RepConvN(RepVGGBlock):
     """``act(BN(conv3x3(x)) + BN(conv1x1(x)))``, fused to ``act(conv3x3'(x))``.
 
-    Exactly two branches, whatever the shapes: unlike :class:`~mmrep.blocks.repvgg.RepVGGBlock`
-    there is no identity branch even when ``in_channels == out_channels`` and
-    ``stride == 1`` (YOLOv7's RepConvN).
+    A :class:`~mmrep.blocks.repvgg.RepVGGBlock` without identity: exactly two
+    branches, even when ``in_channels == out_channels`` and ``stride == 1``
+    (YOLOv7's RepConvN), with SiLU by default and no SE.
 
     Args:
         in_channels: input channels.
@@ -31,42 +31,16 @@ class RepConvN(ReparamModule):
         act_layer: builds the output activation (SiLU in YOLOv7/v9).
         norm_layer: builds a norm from a channel count (BN, SyncBN, ...).
         deploy: build the fused form (``branch_reparam``) directly.
+        quant_friendly: QARepVGG's layout ``act(BN(BN3(conv3x3(x)) + conv1x1(x)))``
+            (see :class:`~mmrep.blocks.repvgg.RepVGGBlock`).
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, groups: int = 1,
                  act_layer: ActLayer = nn.SiLU, norm_layer: NormLayer = nn.BatchNorm2d,
-                 deploy: bool = False):
-        super().__init__()
-        self.deploy = deploy
-        if deploy:
-            self.branch_reparam = nn.Conv2d(in_channels, out_channels, 3, stride, 1,
-                                            groups=groups, bias=True)
-        else:
-            self.branch_3x3 = ConvBN(in_channels, out_channels, 3, stride, groups=groups,
-                                     norm_layer=norm_layer)
-            self.branch_1x1 = ConvBN(in_channels, out_channels, 1, stride, padding=0,
-                                     groups=groups, norm_layer=norm_layer)
-        self.act = act_layer()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.deploy:
-            return self.act(self.branch_reparam(x))
-        return self.act(self.branch_3x3(x) + self.branch_1x1(x))
-
-    def fused_kernel_bias(self) -> fusion.KernelBias:
-        """The ``(W, b)`` of the branch sum (before the activation)."""
-        if self.deploy:
-            return self.branch_reparam.weight, self.branch_reparam.bias
-        return fusion.sum_branches([self.branch_3x3.fused_kernel_bias(),
-                                    self.branch_1x1.fused_kernel_bias()])
-
-    def reparameterize(self) -> None:
-        if self.deploy:
-            return
-        kernel, bias = self.fused_kernel_bias()
-        self.branch_reparam = conv_from(self.branch_3x3.conv, kernel, bias)
-        del self.branch_3x3, self.branch_1x1
-        self.deploy = True
+                 deploy: bool = False, quant_friendly: bool = False):
+        super().__init__(in_channels, out_channels, stride, groups, norm_layer=norm_layer,
+                         act_layer=act_layer, deploy=deploy, use_identity=False,
+                         quant_friendly=quant_friendly)
 
 
 class RepNBottleneck(nn.Module):
@@ -82,15 +56,17 @@ class RepNBottleneck(nn.Module):
         in_channels, out_channels: block input and output channels.
         shortcut: add the input to the output when the widths agree.
         expansion: hidden width is ``int(out_channels * expansion)``.
-        act_layer, norm_layer, deploy: as :class:`RepConvN`.
+        act_layer, norm_layer, deploy, quant_friendly: as :class:`RepConvN`.
     """
 
     def __init__(self, in_channels: int, out_channels: int, shortcut: bool = True,
                  expansion: float = 1.0, act_layer: ActLayer = nn.SiLU,
-                 norm_layer: NormLayer = nn.BatchNorm2d, deploy: bool = False):
+                 norm_layer: NormLayer = nn.BatchNorm2d, deploy: bool = False,
+                 quant_friendly: bool = False):
         super().__init__()
         hidden = int(out_channels * expansion)
-        conv = dict(act_layer=act_layer, norm_layer=norm_layer, deploy=deploy)
+        conv = dict(act_layer=act_layer, norm_layer=norm_layer, deploy=deploy,
+                    quant_friendly=quant_friendly)
         self.conv1 = RepConvN(in_channels, hidden, **conv)
         self.conv2 = RepConvN(hidden, out_channels, **conv)
         self.add_identity = shortcut and in_channels == out_channels
@@ -113,17 +89,21 @@ class RepNCSP(nn.Module):
         shortcut: residual inside each bottleneck.
         expansion: each path has ``int(out_channels * expansion)`` channels.
         act_layer, norm_layer, deploy: as :class:`RepConvN`.
+        quant_friendly: QARepVGG's layout in every :class:`RepConvN` (the 1x1
+            ConvBNs are plain conv + BN already).
     """
 
     def __init__(self, in_channels: int, out_channels: int, num_blocks: int = 1,
                  shortcut: bool = True, expansion: float = 0.5, act_layer: ActLayer = nn.SiLU,
-                 norm_layer: NormLayer = nn.BatchNorm2d, deploy: bool = False):
+                 norm_layer: NormLayer = nn.BatchNorm2d, deploy: bool = False,
+                 quant_friendly: bool = False):
         super().__init__()
         hidden = int(out_channels * expansion)
         layer = dict(act_layer=act_layer, norm_layer=norm_layer, deploy=deploy)
         self.main_conv = ConvBN(in_channels, hidden, 1, **layer)
         self.short_conv = ConvBN(in_channels, hidden, 1, **layer)
-        self.blocks = nn.Sequential(*(RepNBottleneck(hidden, hidden, shortcut, **layer)
+        self.blocks = nn.Sequential(*(RepNBottleneck(hidden, hidden, shortcut,
+                                                     quant_friendly=quant_friendly, **layer)
                                       for _ in range(num_blocks)))
         self.final_conv = ConvBN(2 * hidden, out_channels, 1, **layer)
 

@@ -49,6 +49,7 @@ fuse_in_mmdeploy_tasks()
 from .graph_checks import check_onnx_graph, count_conv2d  # noqa: E402
 from .compare import compare_detections, compare_instances, compare_segmentation  # noqa: E402
 from .pipeline import ExportCheckError, export_and_verify  # noqa: E402
+from . import rewriters  # noqa: E402,F401  (exact adaptive_avg_pool2d export)
 
 __all__ = ['check_onnx_graph', 'count_conv2d', 'compare_detections', 'compare_instances',
            'fuse_in_mmdeploy_tasks',

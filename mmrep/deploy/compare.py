@@ -73,3 +73,28 @@ def compare_segmentation(ref, test) -> dict:
     if a.shape != b.shape:
         return dict(shape_torch=list(a.shape), shape_onnx=list(b.shape), pixel_agreement=0.0)
     return dict(pixels=int(a.size), pixel_agreement=float((a == b).mean()))
+
+
+def compare_segmentation_logits(ref, test) -> dict:
+    """PyTorch (``ref``) and backend (``test``) class logits ``(N, C, H, W)`` of one input.
+
+    Argmax labels alone cannot tell a real export difference from ties: an
+    untrained head gives near-equal logits, and any rounding difference flips
+    their argmax. A pixel's argmax can only flip where its top-1/top-2 gap is at
+    most ``2 * logits_max_abs_diff``, so when the logits agree every flip is a
+    tie; ``flip_max_margin`` (the largest gap among flipped pixels) shows it.
+    """
+    a, b = _np(ref).astype(np.float64), _np(test).astype(np.float64)
+    if a.shape != b.shape:
+        return dict(logits_shape_torch=list(a.shape), logits_shape_onnx=list(b.shape),
+                    logits_rel_diff=float('inf'))
+    diff = float(np.abs(a - b).max())
+    scale = max(float(np.abs(a).max()), 1e-12)
+    top2 = np.sort(a, axis=1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]
+    flips = a.argmax(1) != b.argmax(1)
+    flip_margin = float(margin[flips].max()) if flips.any() else None
+    return dict(logits_shape=list(a.shape), logits_max_abs_diff=diff, logits_scale=scale,
+                logits_rel_diff=diff / scale, logit_argmax_agreement=float(1 - flips.mean()),
+                logit_argmax_flips=int(flips.sum()), flip_max_margin=flip_margin,
+                median_top2_margin=float(np.median(margin)))

@@ -42,6 +42,10 @@ class RepVGG(RepBackbone):
         norm_cfg: mmcv norm config of every branch norm, e.g. ``dict(type='SyncBN')``.
         norm_eval: keep the norms in eval mode while training.
         with_cp: activation checkpointing per block.
+        quant_friendly: QARepVGG (arXiv 2212.01593): every block has a 3x3
+            conv + BN, a 1x1 conv without BN, an identity without BN where it
+            exists, and one BN after the sum. Its fused network quantizes to
+            INT8 with little loss; it is the same plain network as RepVGG's.
         deploy: build the fused network (load a fused checkpoint into it).
         init_cfg: mmengine init config.
 
@@ -70,18 +74,19 @@ class RepVGG(RepBackbone):
                  out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1,
                  norm_cfg: Optional[dict] = dict(type='BN', requires_grad=True),
                  norm_eval: bool = False, with_cp: bool = False, deploy: bool = False,
-                 init_cfg=None):
+                 quant_friendly: bool = False, init_cfg=None):
         super().__init__(out_indices=out_indices, frozen_stages=frozen_stages,
                          norm_eval=norm_eval, with_cp=with_cp, deploy=deploy,
                          init_cfg=init_cfg)
         arch = self._resolve_arch(arch)
         self.arch = arch
+        self.quant_friendly = quant_friendly
         num_blocks, factors = arch['num_blocks'], arch['width_factor']
         group_layer_map = arch.get('group_layer_map') or {}
         self.out_channels = [int(base * f) for base, f in zip((64, 128, 256, 512), factors)]
 
         block = dict(use_se=arch.get('use_se', False), norm_layer=make_norm_layer(norm_cfg),
-                     act_layer=nn.ReLU, deploy=deploy)
+                     act_layer=nn.ReLU, quant_friendly=quant_friendly, deploy=deploy)
         width = min(64, self.out_channels[0])
         self.stem = RepVGGBlock(in_channels, width, stride=2, **block)
         self.stages = nn.ModuleList()

@@ -55,6 +55,9 @@ class RepPAFPN(BaseModule):
         norm_cfg: mmcv norm config of every branch norm, e.g. ``dict(type='SyncBN')``.
         act_cfg: ``dict(type='SiLU')`` (YOLOv7/v9) or ``dict(type='ReLU')``;
             other keys (``inplace``) go to the activation.
+        quant_friendly: every ``RepConvN`` in QARepVGG's layout (3x3 conv + BN,
+            1x1 conv without BN, one BN after the sum), which keeps INT8
+            accuracy after fusion; the fused neck is the same.
         deploy: build the fused neck (load a fused checkpoint into it).
         init_cfg: mmengine init config; Xavier on convs by default, as FPN.
     """
@@ -66,7 +69,7 @@ class RepPAFPN(BaseModule):
                  upsample_cfg: dict = dict(mode='nearest'),
                  norm_cfg: dict = dict(type='BN', requires_grad=True),
                  act_cfg: dict = dict(type='SiLU'), deploy: bool = False,
-                 init_cfg=dict(type='Xavier', layer='Conv2d', distribution='uniform')):
+                 quant_friendly: bool = False, init_cfg=dict(type='Xavier', layer='Conv2d', distribution='uniform')):
         super().__init__(init_cfg=init_cfg)
         self.in_channels = list(in_channels)
         self.out_channels = out_channels
@@ -77,6 +80,7 @@ class RepPAFPN(BaseModule):
         self.relu_before_extra_convs = relu_before_extra_convs
         self.upsample_cfg = dict(upsample_cfg)
         self.deploy = deploy
+        self.quant_friendly = quant_friendly
         self.backbone_end_level = self._check_levels()
         if add_extra_convs is True:
             add_extra_convs = 'on_input'
@@ -89,7 +93,8 @@ class RepPAFPN(BaseModule):
         check_choice('act_cfg type', act_type, list(ACTIVATIONS))
         layer = dict(act_layer=partial(ACTIVATIONS[act_type], **act_cfg),
                      norm_layer=make_norm_layer(norm_cfg), deploy=deploy)
-        csp = dict(layer, num_blocks=num_csp_blocks)
+        csp = dict(layer, num_blocks=num_csp_blocks, quant_friendly=quant_friendly)
+        rep = dict(layer, quant_friendly=quant_friendly)
 
         levels = range(start_level, self.backbone_end_level)
         self.lateral_convs = nn.ModuleList(
@@ -99,7 +104,7 @@ class RepPAFPN(BaseModule):
         self.top_down_blocks = nn.ModuleList(
             RepNCSP(2 * out_channels, out_channels, **csp) for _ in pairs)
         self.downsamples = nn.ModuleList(
-            RepConvN(out_channels, out_channels, stride=2, **layer) for _ in pairs)
+            RepConvN(out_channels, out_channels, stride=2, **rep) for _ in pairs)
         self.bottom_up_blocks = nn.ModuleList(
             RepNCSP(2 * out_channels, out_channels, **csp) for _ in pairs)
         self.extra_convs = nn.ModuleList()
@@ -107,7 +112,7 @@ class RepPAFPN(BaseModule):
             for i in range(num_outs - len(levels)):
                 source = (self.in_channels[self.backbone_end_level - 1]
                           if i == 0 and self.add_extra_convs == 'on_input' else out_channels)
-                self.extra_convs.append(RepConvN(source, out_channels, stride=2, **layer))
+                self.extra_convs.append(RepConvN(source, out_channels, stride=2, **rep))
 
     def _check_levels(self) -> int:
         """FPN's level rules, with messages; returns the backbone end level (exclusive)."""

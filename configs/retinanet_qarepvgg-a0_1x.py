@@ -1,0 +1,6 @@
+# RetinaNet with a QARepVGG-A0 backbone (RepVGG-A0 with quantization-friendly
+# blocks, arXiv 2212.01593), COCO 1x schedule. Fuses to the same plain network as
+# RepVGG-A0; deploy it to INT8 with tools/deploy.py ... --int8.
+_base_ = './retinanet_repvgg-a0_1x.py'
+
+model = dict(backbone=dict(quant_friendly=True))
