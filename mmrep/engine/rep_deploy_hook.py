@@ -10,6 +10,7 @@ from mmengine.dist import master_only
 from mmengine.hooks import EMAHook, Hook
 
 from mmrep.engine.deploy_utils import save_fused
+from mmrep.engine.fast_path import to_fast_path
 from mmrep.reparam import reparameterize_model, unwrap_model
 
 
@@ -27,13 +28,17 @@ class RepDeployHook(Hook):
         fuse_before_test: fuse in ``before_test``.
         validate_fused: also evaluate a fused copy after each validation.
         save_fused: write ``<last>_fused.pth`` and ``<config>_fused.py`` after training.
+        memory_format: layout of the fused model under test and in the fused
+            validation: ``'auto'`` (the fastest correct one,
+            :mod:`mmrep.engine.fast_path`), ``'channels_last'`` or ``'contiguous'``.
     """
 
     priority = 'LOW'  # after EMAHook has swapped its weights back
 
     def __init__(self, fuse_before_test: bool = True, validate_fused: bool = False,
-                 save_fused: bool = True):
+                 save_fused: bool = True, memory_format: str = 'auto'):
         self.fuse_before_test = fuse_before_test
+        self.memory_format = memory_format
         self.validate_fused = validate_fused
         self.save_fused = save_fused
 
@@ -56,12 +61,14 @@ class RepDeployHook(Hook):
             model.load_state_dict(ema.ema_model.module.state_dict())
             ema.before_test_epoch = ema.after_test_epoch = lambda *a, **k: None
         reparameterize_model(model, inplace=True)
-        runner.logger.info('RepDeployHook: model fused for testing')
+        layout = to_fast_path(model, self.memory_format)
+        runner.logger.info(f'RepDeployHook: model fused for testing ({layout})')
 
     def after_val_epoch(self, runner, metrics=None) -> None:
         if not self.validate_fused or not metrics:
             return
         fused = reparameterize_model(self._weights_to_fuse(runner)).eval()
+        to_fast_path(fused, self.memory_format)
         loop = runner.val_loop
         with torch.no_grad():
             for data_batch in loop.dataloader:
