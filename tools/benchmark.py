@@ -43,8 +43,10 @@ import logging
 import os
 import os.path as osp
 import platform
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -327,7 +329,9 @@ def bench_model(name: str, batch: int, args, work_dir: str) -> List[dict]:
     paths = [p for p in args.paths if not reference or p in REFERENCE_PATHS]
     model, inputs = build_case(name, batch, tuple(args.size),
                                tuple(args.detector_size) if args.detector_size else None)
-    base = dict(model=name, kind=spec['kind'], batch=batch, input=list(inputs[0].shape))
+    image = list(args.size) if spec['kind'] == 'neck' else list(inputs[0].shape[2:])
+    base = dict(model=name, kind=spec['kind'], batch=batch, input=list(inputs[0].shape),
+                image=image)  # a neck's input: the feature maps of an image this size
     rows = []
 
     def record(path, run_or_error, **extra):
@@ -416,6 +420,10 @@ def bench_timm(name: str, timm_name: str, inputs: tuple, base: dict, args,
     return rows
 
 
+def _key(row: dict) -> tuple:
+    return row['model'], row['path'], row['batch'], tuple(row['input'])
+
+
 def _slug(name: str) -> str:
     return ''.join(c if c.isalnum() else '_' for c in name).strip('_')
 
@@ -428,7 +436,7 @@ def write_markdown(rows: List[dict], path: str) -> str:
         models = list(dict.fromkeys(r['model'] for r in sub))
         paths = [p for p in ALL_PATHS if any(r['path'] == p for r in sub)]
         lines += [f'batch {batch}', '',
-                  '| model | input | ' + ' | '.join(paths) + ' | fusion ms |',
+                  '| model | image | ' + ' | '.join(paths) + ' | fusion ms |',
                   '|---|---|' + '---|' * (len(paths) + 1)]
         for model in models:
             cells, fusion, shape = [], '', ''
@@ -437,7 +445,7 @@ def write_markdown(rows: List[dict], path: str) -> str:
                 if row is None:
                     cells.append('')
                     continue
-                shape = 'x'.join(map(str, row['input'][2:]))
+                shape = 'x'.join(map(str, row.get('image', row['input'][2:])))
                 fusion = row.get('fusion_ms', fusion) if p == 'fused' else fusion
                 cells.append('failed' if 'error' in row else f"{row['median_ms']:.1f}")
             lines.append(f'| {model} | {shape} | ' + ' | '.join(cells) + f' | {fusion} |')
@@ -553,6 +561,9 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--no-timm', action='store_true', help="skip timm's twins")
     parser.add_argument('--out', default=osp.join(ROOT, 'work_dirs', 'benchmark'))
+    parser.add_argument('--append', action='store_true',
+                        help='add to DIR/benchmark.json (a row of the same model, path, batch '
+                        'and input is replaced) and to DIR/command.txt')
     args = parser.parse_args(argv)
     unknown = [m for m in args.models if m not in MODELS]
     if unknown:
@@ -564,18 +575,26 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
-    onnx_dir = osp.join(args.out, 'onnx')
-    os.makedirs(onnx_dir, exist_ok=True)
+    onnx_dir = tempfile.mkdtemp(prefix='mmrep_benchmark_onnx_')  # exports are large: not kept
     command = ' '.join(['python', 'tools/benchmark.py'] + list(sys.argv[1:] if argv is None
                                                                 else argv))
     load_before = os.getloadavg()
     print(f'torch {torch.__version__}, {args.threads} threads, load {load_before}', flush=True)
+    json_path = osp.join(args.out, 'benchmark.json')
+    previous = []
+    if args.append and osp.isfile(json_path):
+        with open(json_path) as f:
+            previous = json.load(f)
     rows = []
     for batch in args.batch:
         for name in args.models:
             rows += bench_model(name, batch, args, onnx_dir)
-            with open(osp.join(args.out, 'benchmark.json'), 'w') as f:
-                json.dump(rows, f, indent=1)
+            new = {_key(r) for r in rows}
+            with open(json_path, 'w') as f:
+                json.dump([r for r in previous if _key(r) not in new] + rows, f, indent=1)
+    shutil.rmtree(onnx_dir, ignore_errors=True)
+    with open(json_path) as f:
+        rows = json.load(f)
     text = write_markdown(rows, osp.join(args.out, 'benchmark.md'))
     targets = check_targets(rows)
     with open(osp.join(args.out, 'benchmark.md'), 'w') as f:
@@ -583,12 +602,12 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     print('\n'.join(targets))
     plot(rows, osp.join(args.out, 'benchmark.png'))
     import onnxruntime
-    with open(osp.join(args.out, 'command.txt'), 'w') as f:
-        f.write(f'{command}\n\n'
+    with open(osp.join(args.out, 'command.txt'), 'a' if args.append else 'w') as f:
+        f.write(f'{command}\n'
                 f'date (UTC): {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M}\n'
                 f'torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, '
                 f'{args.threads} threads, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}\n'
-                f'load average (1/5/15 min) before: {load_before}, after: {os.getloadavg()}\n')
+                f'load average (1/5/15 min) before: {load_before}, after: {os.getloadavg()}\n\n')
     print(f'wrote {args.out}/benchmark.json, benchmark.png, benchmark.md, command.txt')
     return rows
 
