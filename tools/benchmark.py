@@ -517,7 +517,7 @@ def plot(rows: List[dict], path: str) -> None:
     import matplotlib.pyplot as plt
     batches = sorted({r['batch'] for r in rows})
     fig, axes = plt.subplots(len(batches), 1, squeeze=False,
-                             figsize=(10, 0.5 + 0.45 * len(rows) / len(batches) + 1))
+                             figsize=(10, 1.5 + 0.3 * len(rows) / len(batches)))
     for ax, batch in zip(axes[:, 0], batches):
         ok = [r for r in rows if r['batch'] == batch and 'error' not in r]
         models = list(dict.fromkeys(r['model'] for r in ok))
