@@ -25,7 +25,9 @@ Paths (``--paths``):
   int8 weights, uint8 activations; calibrated on a few random inputs, so this
   row is about speed, not accuracy).
 
-Every fused row also says which layout the project's tools pick
+Denormal floats are flushed to zero (``torch.set_flush_denormal``): the
+plain limit's chain of randomly initialised convs decays into denormals,
+which x86 CPUs compute many times slower. Every fused row also says which layout the project's tools pick
 (``fast_path``, :mod:`mmrep.engine.fast_path`). Whole models (detectors,
 segmentors) are timed as networks (``mode='tensor'``: backbone, neck and
 head; no box decoding or NMS). Models with a timm twin (``RepVGG-A0``,
@@ -331,7 +333,8 @@ def bench_model(name: str, batch: int, args, work_dir: str) -> List[dict]:
                                tuple(args.detector_size) if args.detector_size else None)
     image = list(args.size) if spec['kind'] == 'neck' else list(inputs[0].shape[2:])
     base = dict(model=name, kind=spec['kind'], batch=batch, input=list(inputs[0].shape),
-                image=image)  # a neck's input: the feature maps of an image this size
+                image=image,  # a neck's input: the feature maps of an image this size
+                threads=args.threads, flush_denormal=True)
     rows = []
 
     def record(path, run_or_error, **extra):
@@ -574,6 +577,9 @@ def parse_args(argv: Optional[Sequence[str]] = None):
 def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    # Random weights without normalization (the plain limit's conv chain) decay into
+    # denormal floats, which x86 computes many times slower: flush them to zero.
+    torch.set_flush_denormal(True)
     os.makedirs(args.out, exist_ok=True)
     onnx_dir = tempfile.mkdtemp(prefix='mmrep_benchmark_onnx_')  # exports are large: not kept
     command = ' '.join(['python', 'tools/benchmark.py'] + list(sys.argv[1:] if argv is None
