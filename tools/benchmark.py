@@ -45,6 +45,7 @@ import logging
 import os
 import os.path as osp
 import platform
+import shlex
 import shutil
 import statistics
 import sys
@@ -423,6 +424,12 @@ def bench_timm(name: str, timm_name: str, inputs: tuple, base: dict, args,
     return rows
 
 
+def _model_order(model: str) -> tuple:
+    base = model.replace(' (timm)', '')  # a twin right after its model
+    names = list(MODELS)
+    return (names.index(base) if base in names else len(names), model)
+
+
 def _key(row: dict) -> tuple:
     return row['model'], row['path'], row['batch'], tuple(row['input'])
 
@@ -436,7 +443,7 @@ def write_markdown(rows: List[dict], path: str) -> str:
     lines = []
     for batch in sorted({r['batch'] for r in rows}):
         sub = [r for r in rows if r['batch'] == batch]
-        models = list(dict.fromkeys(r['model'] for r in sub))
+        models = sorted(dict.fromkeys(r['model'] for r in sub), key=_model_order)
         paths = [p for p in ALL_PATHS if any(r['path'] == p for r in sub)]
         lines += [f'batch {batch}', '',
                   '| model | image | ' + ' | '.join(paths) + ' | fusion ms |',
@@ -523,7 +530,7 @@ def plot(rows: List[dict], path: str) -> None:
                              figsize=(10, 1.5 + 0.3 * len(rows) / len(batches)))
     for ax, batch in zip(axes[:, 0], batches):
         ok = [r for r in rows if r['batch'] == batch and 'error' not in r]
-        models = list(dict.fromkeys(r['model'] for r in ok))
+        models = sorted(dict.fromkeys(r['model'] for r in ok), key=_model_order)
         paths = [p for p in ALL_PATHS if any(r['path'] == p for r in ok)]
         height = 0.8 / max(len(paths), 1)
         for j, p in enumerate(paths):
@@ -582,8 +589,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     torch.set_flush_denormal(True)
     os.makedirs(args.out, exist_ok=True)
     onnx_dir = tempfile.mkdtemp(prefix='mmrep_benchmark_onnx_')  # exports are large: not kept
-    command = ' '.join(['python', 'tools/benchmark.py'] + list(sys.argv[1:] if argv is None
-                                                                else argv))
+    command = shlex.join(['python', 'tools/benchmark.py'] + list(sys.argv[1:] if argv is None
+                                                                  else argv))
     load_before = os.getloadavg()
     print(f'torch {torch.__version__}, {args.threads} threads, load {load_before}', flush=True)
     json_path = osp.join(args.out, 'benchmark.json')
