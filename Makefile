@@ -19,4 +19,4 @@ test: $(STAMP)
 	$(PY) -m pytest tests -q -p no:cacheprovider
 
 benchmark: $(STAMP)
-	$(PY) benchmarks/fusion_speed.py
+	$(PY) tools/benchmark.py --out benchmarks

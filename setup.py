@@ -72,6 +72,7 @@ setup(
     extras_require={
         'deploy': ['mmdeploy==1.3.1', 'onnx==1.17.0', 'onnxruntime==1.26.*', 'protobuf==3.20.2',
                    'ml_dtypes'],
+        'benchmark': ['matplotlib', 'ml_dtypes'],
         'tests': ['pytest', 'hypothesis', 'timm==1.0.31', 'mmpretrain==1.2.0'],
     },
     license='Apache-2.0',

@@ -4,7 +4,6 @@
 """
 import argparse
 import json
-import os
 import os.path as osp
 import time
 
@@ -15,6 +14,7 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 from mmrep.datasets.shapes import make_shapes_dataset
+from mmrep.engine.fast_path import to_fast_path
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = osp.join(ROOT, 'configs', 'retinanet_repghost_shapes_demo.py')
@@ -64,6 +64,7 @@ def main():
     unfused_ms = latency_ms(runner.model, batch)
     assert mmrep.count_unfused(runner.model) > 0
     mmrep.reparameterize_model(runner.model, inplace=True)
+    to_fast_path(runner.model)  # the fastest correct layout, as tools/test.py
     fused = runner.val_loop.run()
     fused_ms = latency_ms(runner.model, batch)
 

@@ -13,7 +13,7 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import init_default_scope
 from mmengine.registry import MODELS
 
-from mmrep.engine.deploy_utils import fused_config, load_checked, save_fused
+from mmrep.engine.deploy_utils import load_checked, save_fused
 
 
 def parse_args():

@@ -12,6 +12,9 @@ def parse_args(argv=None):
     parser.add_argument('--out', help='dump predictions to a pickle file for offline evaluation')
     parser.add_argument('--no-fuse', action='store_true',
                         help='test the unfused network (drop RepDeployHook)')
+    parser.add_argument('--memory-format', default='auto',
+                        choices=('auto', 'channels_last', 'contiguous'),
+                        help='layout of the fused model (auto: mmrep.engine.fast_path)')
     return cli.parse_args(parser, argv)
 
 
@@ -21,6 +24,9 @@ def main():
     cfg.load_from = args.checkpoint
     if args.no_fuse:
         cfg.custom_hooks = [h for h in cfg.get('custom_hooks', []) if h['type'] != 'RepDeployHook']
+    for hook in cfg.get('custom_hooks', []):  # fast path: mmrep.engine.fast_path
+        if hook['type'] == 'RepDeployHook':
+            hook['memory_format'] = args.memory_format
     if args.out is not None:
         cfg.test_evaluator = [cfg.test_evaluator] if isinstance(cfg.test_evaluator, dict) \
             else list(cfg.test_evaluator)

@@ -1,5 +1,4 @@
 """DDP on CPU for mmengine 0.10.7, whose Runner always passes ``device_ids=[LOCAL_RANK]``."""
-import torch
 from mmengine.model import MMDistributedDataParallel
 
 

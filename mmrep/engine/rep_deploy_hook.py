@@ -11,6 +11,7 @@ from mmengine.dist import master_only
 from mmengine.hooks import EMAHook, Hook
 
 from mmrep.engine.deploy_utils import fused_config, read_meta, save_fused
+from mmrep.engine.fast_path import to_fast_path
 from mmrep.reparam import fused_eval_copy, reparameterize_model, unwrap_model
 
 
@@ -35,6 +36,9 @@ class RepDeployHook(Hook):
         fuse_before_test: fuse in ``before_test``.
         validate_fused: also evaluate a fused copy after each validation.
         save_fused: write the fused checkpoint and config after training.
+        memory_format: layout of the fused model under test and in the fused
+            validation: ``'auto'`` (the fastest correct one,
+            :mod:`mmrep.engine.fast_path`), ``'channels_last'`` or ``'contiguous'``.
     """
 
     # Above EMAHook (NORMAL): after_val_epoch runs while the validated (EMA)
@@ -43,8 +47,9 @@ class RepDeployHook(Hook):
     priority = 'ABOVE_NORMAL'
 
     def __init__(self, fuse_before_test: bool = True, validate_fused: bool = False,
-                 save_fused: bool = True):
+                 save_fused: bool = True, memory_format: str = 'auto'):
         self.fuse_before_test = fuse_before_test
+        self.memory_format = memory_format
         self.validate_fused = validate_fused
         self.save_fused = save_fused
 
@@ -69,13 +74,15 @@ class RepDeployHook(Hook):
             ema.before_test_epoch = ema.after_test_epoch = lambda *a, **k: None
         model.eval()
         reparameterize_model(model, inplace=True)
-        runner.logger.info('RepDeployHook: model fused for testing')
+        layout = to_fast_path(model, self.memory_format)
+        runner.logger.info(f'RepDeployHook: model fused for testing ({layout})')
 
     def after_val_epoch(self, runner, metrics=None) -> None:
         if not self.validate_fused or not metrics:
             return
         # EMAHook swaps its weights back after this hook: the model holds what was validated.
         fused = fused_eval_copy(runner.model)
+        to_fast_path(fused, self.memory_format)
         loop = runner.val_loop
         with torch.no_grad():
             for data_batch in loop.dataloader:
