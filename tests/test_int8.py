@@ -127,7 +127,7 @@ def test_calibration_image_of_another_size_than_a_static_graph():
     batches = [dict(x=np.zeros((1, 3, 64, 96), np.float32))]
     reader = PipelineCalibrationReader(batches, lambda b: torch.from_numpy(b['x']),
                                        'input', [1, 3, 64, 64])
-    with pytest.raises(Int8InputError, match='dynamic deploy config'):
+    with pytest.raises(Int8InputError, match='dynamic-shape deploy config'):
         reader.get_next()
     ok = PipelineCalibrationReader(batches, lambda b: torch.from_numpy(b['x']),
                                    'input', [1, 3, None, None])
