@@ -57,6 +57,8 @@ import torch
 from torch import nn
 
 import mmrep
+from mmrep.deploy.quantize import cpu_session, quantize_onnx
+from mmrep.deploy.rewriters import exact_adaptive_avg_pool2d
 from mmrep.engine.fast_path import apply_memory_format, rule_memory_format
 from mmrep.engine.measure import PeakRSS, time_ms
 
@@ -232,7 +234,8 @@ class PlainLimit(nn.Module):
 
 
 class _AdaptiveAvgPoolAsMatMul(nn.Module):
-    """``nn.AdaptiveAvgPool2d`` as ``P_h @ x @ P_w^T``: exact, and exportable for any sizes.
+    """``nn.AdaptiveAvgPool2d`` as ``P_h @ x @ P_w^T`` (AvgPool where sizes divide): exact,
+    and exportable for any sizes (:func:`mmrep.deploy.rewriters.exact_adaptive_avg_pool2d`).
 
     The ONNX exporter takes adaptive pooling only when the output size divides
     the input size (UPerNet's pyramid pooling 1/2/3/6 at 512x512 does not).
@@ -240,22 +243,10 @@ class _AdaptiveAvgPoolAsMatMul(nn.Module):
 
     def __init__(self, output_size):
         super().__init__()
-        size = output_size if isinstance(output_size, (tuple, list)) else (output_size,) * 2
-        self.output_size = tuple(size)
-
-    @staticmethod
-    def _averaging(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
-        matrix = like.new_zeros(n_out, n_in)
-        for i in range(n_out):  # torch's bins: [floor(i n / o), ceil((i + 1) n / o))
-            start, end = (i * n_in) // n_out, -(-(i + 1) * n_in // n_out)
-            matrix[i, start:end] = 1.0 / (end - start)
-        return matrix
+        self.output_size = output_size
 
     def forward(self, x):
-        h_out, w_out = (o or n for o, n in zip(self.output_size, x.shape[-2:]))
-        rows = self._averaging(x.shape[-2], h_out, x)
-        cols = self._averaging(x.shape[-1], w_out, x)
-        return rows @ x @ cols.t()
+        return exact_adaptive_avg_pool2d(x, self.output_size)
 
 
 def export_onnx(module: nn.Module, inputs: tuple, path: str) -> str:
@@ -272,11 +263,10 @@ def export_onnx(module: nn.Module, inputs: tuple, path: str) -> str:
 
 
 def quantize_int8(fp32_path: str, inputs: tuple, path: str, samples: int = 4) -> str:
-    """Static QDQ quantization, per-channel weights, calibrated on random inputs like ``inputs``."""
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                          quantize_static)
+    """Static QDQ quantization of every op type onnxruntime quantizes (per-channel
+    weights), calibrated on random inputs like ``inputs``."""
 
-    class RandomInputs(CalibrationDataReader):
+    class RandomInputs:  # an onnxruntime CalibrationDataReader
         def __init__(self):
             self.feeds = iter([_feeds(fp32_path, tuple(torch.rand_like(t) for t in inputs))
                                for _ in range(samples)])
@@ -288,9 +278,7 @@ def quantize_int8(fp32_path: str, inputs: tuple, path: str, samples: int = 4) ->
     level = root_logger.level
     root_logger.setLevel(logging.ERROR)  # one warning per conv bias otherwise
     try:
-        quantize_static(fp32_path, path, RandomInputs(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8)
+        quantize_onnx(fp32_path, path, RandomInputs(), op_types=None)
     finally:
         root_logger.setLevel(level)
     return path
@@ -304,12 +292,7 @@ def _feeds(onnx_path: str, inputs: tuple) -> dict:
 
 
 def ort_runner(path: str, inputs: tuple, threads: int) -> Callable[[], object]:
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+    session = cpu_session(path, threads)  # all graph optimizations (onnxruntime's default)
     feeds = _feeds(path, inputs)
     return lambda: session.run(None, feeds)
 

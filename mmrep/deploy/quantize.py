@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import copy
 import os.path as osp
-import time
+import statistics
 from typing import Callable, Dict, Iterator, Optional, Sequence
 
 import numpy as np
 import onnx
 import torch
+
+from mmrep.engine.measure import time_ms
 
 from .compare import compare_detections, compare_instances, compare_segmentation
 
@@ -149,11 +151,13 @@ def _at_least_opset(onnx_path: str, opset: int, out_path: str) -> str:
 
 
 def quantize_onnx(fp32_path: str, int8_path: str, reader,
-                  op_types: Sequence[str] = DEFAULT_OP_TYPES) -> None:
+                  op_types: Optional[Sequence[str]] = DEFAULT_OP_TYPES) -> None:
     """QDQ static quantization: per-channel int8 weights, uint8 activations (MinMax).
 
-    A graph older than opset 13 (mmdeploy exports opset 11) is converted
-    first, into ``<int8_path>.opset13.onnx``: per-channel QDQ needs opset 13.
+    ``op_types``: the ONNX op types to quantize; None for every type
+    onnxruntime can quantize. A graph older than opset 13 (mmdeploy exports
+    opset 11) is converted first, into ``<int8_path>.opset13.onnx``:
+    per-channel QDQ needs opset 13.
     """
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
@@ -161,7 +165,8 @@ def quantize_onnx(fp32_path: str, int8_path: str, reader,
                                 osp.splitext(int8_path)[0] + f'.opset{PER_CHANNEL_MIN_OPSET}.onnx')
     quantize_static(fp32_path, int8_path, reader, quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8, op_types_to_quantize=list(op_types),
+                    weight_type=QuantType.QInt8,
+                    op_types_to_quantize=list(op_types) if op_types is not None else None,
                     calibrate_method=CalibrationMethod.MinMax)
 
 
@@ -175,22 +180,20 @@ def quantized_conv_count(int8_path: str) -> dict:
                 quantize_nodes=sum(n.op_type == 'QuantizeLinear' for n in graph.node))
 
 
-def session_latency_ms(onnx_path: str, feed: Dict[str, np.ndarray], threads: int = 1,
-                       repeats: int = 20, warmup: int = 3) -> float:
-    """Median wall time of one onnxruntime run (CPU, ``threads`` intra-op threads)."""
+def cpu_session(onnx_path: str, threads: int = 1):
+    """An onnxruntime CPU session with ``threads`` intra-op threads (one inter-op)."""
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    session = ort.InferenceSession(onnx_path, options, providers=['CPUExecutionProvider'])
-    for _ in range(warmup):
-        session.run(None, feed)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)
+    return ort.InferenceSession(onnx_path, options, providers=['CPUExecutionProvider'])
+
+
+def session_latency_ms(onnx_path: str, feed: Dict[str, np.ndarray], threads: int = 1,
+                       repeats: int = 20, warmup: int = 3) -> float:
+    """Median wall time of one onnxruntime run (CPU, ``threads`` intra-op threads)."""
+    session = cpu_session(onnx_path, threads)
+    return statistics.median(time_ms(lambda: session.run(None, feed), repeats, warmup))
 
 
 def compare_predictions(task: str, ref, test, top_k: int = 20) -> dict:
