@@ -209,11 +209,12 @@ def test_reparameterize_tool_and_deploy_save_keep_dataset_meta(ema_run, tmp_path
     tool.main(types.SimpleNamespace(config=config, checkpoint=ema_run.ckpt,
                                     out_dir=str(tmp_path / 'tool'), force=False, verify=False,
                                     cfg_options=None))
-    # tools/deploy.py (mmrep.deploy.pipeline) calls save_fused with the source in `meta`
+    # as tools/deploy.py (mmrep.deploy.pipeline) calls save_fused: the source meta comes from
+    # the checkpoint load_checked loaded
     model = build_model(ema_run.cfg)
-    load_checked(model, ema_run.ckpt)
+    source = load_checked(model, ema_run.ckpt)
     save_fused(model, ema_run.cfg, str(tmp_path / 'deploy.pth'), str(tmp_path / 'deploy.py'),
-               meta=dict(source_checkpoint=ema_run.ckpt))
+               meta=dict(source_checkpoint=ema_run.ckpt), source_meta=source.get('meta') or {})
     for path in (tmp_path / 'tool' / 'iter_2_fused.pth', tmp_path / 'deploy.pth'):
         meta = torch.load(str(path), map_location='cpu', weights_only=False)['meta']
         assert tuple(meta['dataset_meta']['classes']) == CLASSES, path

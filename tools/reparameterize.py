@@ -47,10 +47,11 @@ def main(argv=None):
         if osp.exists(out) and not args.force:
             raise SystemExit(f'{out} exists; pass --force to overwrite it')
     model = build_model(cfg)
-    load_checked(model, args.checkpoint)
+    source = load_checked(model, args.checkpoint)
     model.eval()
     os.makedirs(args.out_dir, exist_ok=True)
     save_fused(model, cfg, ckpt_out, cfg_out, meta=dict(source_checkpoint=args.checkpoint),
+               source_meta=source.get('meta') or {},
                overwrite=args.force)
     print(f'wrote {ckpt_out}\nwrote {cfg_out}')
     if args.verify:

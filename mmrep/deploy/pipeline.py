@@ -19,7 +19,7 @@ from mmengine.registry import MODELS, init_default_scope
 
 import mmrep  # noqa: F401  (registers the models)
 from mmrep.engine.deploy_utils import load_checked, save_fused
-from mmrep.reparam import count_unfused, reparameterize_model
+from mmrep.reparam import count_unfused
 
 from .compare import (compare_detections, compare_instances, compare_segmentation,
                       compare_segmentation_logits)
@@ -116,12 +116,12 @@ def export_and_verify(deploy_cfg: Union[str, Config], model_cfg: Union[str, Conf
         check_int8_request(cfg, task, int8.get('calib_images', DEFAULT_CALIB_IMAGES))
 
     model = MODELS.build(copy.deepcopy(cfg.model))
-    load_checked(model, checkpoint)
+    source = load_checked(model, checkpoint)
     model.eval()
-    fused = reparameterize_model(model)
     fused_ckpt, fused_cfg = osp.join(work_dir, 'fused.pth'), osp.join(work_dir, 'fused_config.py')
-    save_fused(model, cfg, fused_ckpt, fused_cfg, overwrite=True,
-               meta=dict(source_checkpoint=osp.abspath(checkpoint)))
+    fused = save_fused(model, cfg, fused_ckpt, fused_cfg, overwrite=True,
+                       meta=dict(source_checkpoint=osp.abspath(checkpoint)),
+                       source_meta=source.get('meta') or {})
 
     save_file = deploy_cfg.onnx_config.save_file
     torch2onnx(image, work_dir, save_file, deploy_cfg, fused_cfg, fused_ckpt, device)

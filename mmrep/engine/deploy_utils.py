@@ -154,8 +154,8 @@ def fused_meta(source_meta: Optional[dict], cfg: Config, source_checkpoint: Opti
 def save_fused(model: nn.Module, cfg: Config, ckpt_path: str, cfg_path: str,
                meta: Optional[dict] = None, overwrite: bool = False,
                source_checkpoint: Optional[str] = None,
-               source_meta: Optional[dict] = None) -> None:
-    """Fuse a copy of ``model`` and write its checkpoint and a config that builds it.
+               source_meta: Optional[dict] = None) -> nn.Module:
+    """Fuse a copy of ``model``, write its checkpoint and a config that builds it; return the copy.
 
     Writes both files or neither. The checkpoint's ``meta`` keeps the source
     checkpoint's meta (``source_meta``, else read from ``source_checkpoint``)
@@ -184,3 +184,4 @@ def save_fused(model: nn.Module, cfg: Config, ckpt_path: str, cfg_path: str,
         for tmp in (tmp_ckpt, tmp_cfg):
             if os.path.exists(tmp):
                 os.remove(tmp)
+    return fused
