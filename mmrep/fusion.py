@@ -19,7 +19,7 @@ from torch import Tensor, nn
 KernelBias = Tuple[Tensor, Tensor]
 
 __all__ = [
-    'KernelBias', 'bn_scale_shift', 'fold_bn', 'fold_bn_module', 'pad_kernel',
+    'KernelBias', 'bn_running_stats', 'bn_scale_shift', 'fold_bn', 'fold_bn_module', 'pad_kernel',
     'identity_kernel', 'sum_branches', 'compose_1x1_kxk', 'avg_pool_kernel',
     'fold_preceding_bn', 'zeros_bias', 'compose_kxk_1x1', 'spread_1x1',
 ]
@@ -45,7 +45,12 @@ def bn_scale_shift(running_mean: Tensor, running_var: Tensor,
     return scale, beta - running_mean * scale
 
 
-def _bn_stats(bn: nn.Module) -> Tuple[Tensor, Tensor]:
+def bn_running_stats(bn: nn.Module) -> Tuple[Tensor, Tensor]:
+    """The running mean and variance of a BatchNorm that can be folded into a conv.
+
+    Raises TypeError for another norm and ValueError for a BatchNorm without
+    running statistics: neither is a fixed affine map in eval mode.
+    """
     if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
         raise TypeError(f'expected a BatchNorm layer (BN or SyncBN), got {type(bn).__name__}')
     if bn.running_mean is None or bn.running_var is None:
@@ -63,7 +68,7 @@ def fold_bn(kernel: Tensor, bias: Optional[Tensor], bn: nn.Module) -> KernelBias
     (``b = 0`` for a conv without bias). Works for ``BatchNorm2d`` and
     ``SyncBatchNorm`` alike and uses the layer's own ``eps``.
     """
-    mean, var = _bn_stats(bn)
+    mean, var = bn_running_stats(bn)
     scale, shift = bn_scale_shift(mean, var, bn.weight, bn.bias, bn.eps)
     if bias is None:
         bias = zeros_bias(kernel)
@@ -194,7 +199,7 @@ def fold_preceding_bn(bn: nn.Module, kernel: Tensor, bias: Optional[Tensor]) -> 
     if kernel.shape[-2:] != (1, 1):
         raise ValueError('a preceding BN folds exactly only into a 1x1 conv, '
                          f'got {tuple(kernel.shape[-2:])}')
-    mean, var = _bn_stats(bn)
+    mean, var = bn_running_stats(bn)
     if kernel.shape[1] != mean.shape[0]:
         raise ValueError(f'the conv reads {kernel.shape[1]} channels (a grouped conv?) '
                          f'but the BN has {mean.shape[0]}')

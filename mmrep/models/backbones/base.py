@@ -18,6 +18,7 @@ from mmengine.model import BaseModule
 from mmengine.model.weight_init import PretrainedInit
 from torch import nn
 
+from mmrep import fusion
 from mmrep.blocks.base import NormLayer
 from mmrep.models.pretrained import StrictPretrainedInit
 from mmrep.reparam import reparameterize_model
@@ -34,15 +35,14 @@ def _build_norm(norm_cfg: dict, num_features: int) -> nn.Module:
 def check_foldable_norm(norm: nn.Module, norm_cfg: dict) -> None:
     """Refuse a norm that fusion cannot fold into a conv, at build time rather than after training.
 
-    Only a BatchNorm with running statistics (BN, SyncBN) is a fixed affine map in eval mode.
+    Only a BatchNorm with running statistics (BN, SyncBN) is a fixed affine map in
+    eval mode: the check is the one fusion makes (:func:`mmrep.fusion.bn_running_stats`).
     """
-    if not isinstance(norm, nn.modules.batchnorm._BatchNorm):
-        raise ValueError(f'norm_cfg {norm_cfg} builds {type(norm).__name__}, which cannot be '
-                         'folded into a conv when the model is fused: use BN or SyncBN')
-    if not norm.track_running_stats:
-        raise ValueError(f'norm_cfg {norm_cfg} builds a {type(norm).__name__} with '
-                         'track_running_stats=False: its output depends on the batch, so it '
-                         'cannot be folded into a conv when the model is fused')
+    try:
+        fusion.bn_running_stats(norm)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f'norm_cfg {norm_cfg} builds a norm the model cannot be fused '
+                         f'with: {err}') from None
 
 
 def make_norm_layer(norm_cfg: Optional[dict]) -> NormLayer:
