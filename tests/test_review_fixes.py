@@ -117,3 +117,19 @@ def test_training_mode_fusion_warns_and_copy_is_returned_in_eval_mode():
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         mmrep.reparameterize_model(model.eval())  # eval mode: no warning
+
+
+def test_load_checked_is_strict_about_shapes_and_every_key(tmp_path):
+    from mmrep.engine.deploy_utils import CheckpointMismatchError, load_checked
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    path = str(tmp_path / 'ckpt.pth')
+    state = model.state_dict()
+    state['0.weight'] = torch.zeros(5, 3, 3, 3)
+    torch.save({'state_dict': state}, path)
+    with pytest.raises(CheckpointMismatchError, match=r'0.weight: \[5, 3, 3, 3\] instead of \[4'):
+        load_checked(model, path)
+    state = model.state_dict()
+    state.pop('1.num_batches_tracked')  # Pretrained loading allows this; load_checked does not
+    torch.save({'state_dict': state}, path)
+    with pytest.raises(CheckpointMismatchError, match=r'1 missing key \(1.num_batches_tracked\)'):
+        load_checked(model, path)

@@ -14,6 +14,7 @@ from mmengine.config import Config
 from mmengine.runner.checkpoint import _load_checkpoint
 from torch import nn
 
+from mmrep.models.pretrained import compare_state_dict
 from mmrep.reparam import fused_eval_copy, unwrap_model
 from mmrep.version import __version__
 
@@ -40,25 +41,19 @@ def load_checked(model: nn.Module, checkpoint: str) -> dict:
     ckpt = _load_checkpoint(checkpoint, map_location='cpu')
     state = _strip_prefix(ckpt.get('state_dict', ckpt))
     model = unwrap_model(model)
-    expected = set(model.state_dict())
-    got = set(state)
-    if expected != got:
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    mismatch = compare_state_dict(expected, state, optional_suffixes=())  # strict: every key
+    if mismatch.missing or mismatch.unexpected:
         fused_keys = set(fused_eval_copy(model).state_dict())
-        if got == fused_keys and fused_keys != expected:
+        if set(state) == fused_keys and fused_keys != set(expected):
             raise CheckpointMismatchError(
                 f'{checkpoint} is already fused (re-parameterized): it cannot be fused '
                 'again. Build the model with the fused config (deploy=True) to use it.')
-        missing, unexpected = sorted(expected - got), sorted(got - expected)
+    if mismatch:
         raise CheckpointMismatchError(
             f'{checkpoint} does not match the model built from the config '
-            f'({type(model).__name__}): {len(missing)} missing keys (e.g. {missing[:3]}), '
-            f'{len(unexpected)} unexpected keys (e.g. {unexpected[:3]}). '
+            f'({type(model).__name__}): {mismatch.describe()}. '
             'Is it from another model, arch or number of classes?')
-    for key, value in model.state_dict().items():
-        if value.shape != state[key].shape:
-            raise CheckpointMismatchError(
-                f'{checkpoint} does not match the model: {key} has shape '
-                f'{tuple(state[key].shape)}, the model expects {tuple(value.shape)}')
     model.load_state_dict(state, strict=True)
     return ckpt
 

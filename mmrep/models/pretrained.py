@@ -56,14 +56,15 @@ class StateDictMismatch(NamedTuple):
 
 
 def compare_state_dict(expected: Mapping[str, torch.Size], state: Mapping[str, torch.Tensor],
-                       optional_prefixes: Sequence[str] = ()) -> StateDictMismatch:
+                       optional_prefixes: Sequence[str] = (),
+                       optional_suffixes: Sequence[str] = OPTIONAL_SUFFIXES) -> StateDictMismatch:
     """Compare ``state`` with the key -> shape map of a model (``{k: v.shape}``).
 
-    Keys ending in :data:`OPTIONAL_SUFFIXES` or starting with one of
-    ``optional_prefixes`` may be missing.
+    Keys ending in one of ``optional_suffixes`` (default :data:`OPTIONAL_SUFFIXES`)
+    or starting with one of ``optional_prefixes`` may be missing.
     """
     missing = sorted(k for k in expected
-                     if k not in state and not k.endswith(OPTIONAL_SUFFIXES)
+                     if k not in state and not k.endswith(tuple(optional_suffixes))
                      and not k.startswith(tuple(optional_prefixes)))
     unexpected = sorted(k for k in state if k not in expected)
     wrong_shape = sorted((k, tuple(v.shape), tuple(expected[k])) for k, v in state.items()
