@@ -71,7 +71,7 @@ setup(
     ],
     extras_require={
         'deploy': ['mmdeploy==1.3.1', 'onnx==1.17.0', 'onnxruntime==1.26.*', 'protobuf==3.20.2',
-                   'ml_dtypes'],
+                   'ml_dtypes', 'openvino==2026.4.1', 'nncf==3.4.0'],
         'benchmark': ['matplotlib', 'ml_dtypes'],
         'tests': ['pytest', 'hypothesis', 'timm==1.0.31', 'mmpretrain==1.2.0'],
     },
