@@ -87,7 +87,8 @@ def markdown(rows: Sequence[dict]) -> str:
     for batch, threads in _settings(rows):
         sub = [r for r in rows if r['batch'] == batch and r.get('threads', 0) == threads]
         paths = [p for p in ALL_PATHS if any(r['path'] == p for r in sub)]
-        for title, cell in (('median ms', _ms_cell), ('peak MB', _mb_cell)):
+        for title, cell in (('median ms', _ms_cell),
+                            ('memory MB, resident + peak during inference', _mb_cell)):
             lines += [f'### batch {batch}, {threads} thread(s): {title}', '',
                       '| model | input | ' + ' | '.join(paths) + ' |',
                       '|---|---|' + '---|' * len(paths)]
@@ -128,9 +129,10 @@ def _ms_cell(row: Optional[dict]) -> str:
 
 
 def _mb_cell(row: Optional[dict]) -> str:
-    if row is None or 'peak_mb' not in row or row['peak_mb'] is None:
+    if row is None or row.get('peak_mb') is None:
         return ''
-    return f"{row['peak_mb']:.0f}"
+    resident = row.get('resident_mb')
+    return (f"{resident:.0f} + " if resident is not None else '') + f"{row['peak_mb']:.0f}"
 
 
 def plot(rows: Sequence[dict], path: Optional[str] = None, columns: int = 2):

@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from . import timing
-from .memory import peak_mb_isolated
+from .memory import memory_isolated
 from .models import MODEL_SPECS, WHOLE_MODEL_KINDS, Case, ModelSpec, build_case, get_spec
 from .runtimes import ALL_PATHS, PEER_PATHS, PathBuilder, Runner, build_runners
 from .stats import median_interval
@@ -154,9 +154,9 @@ def run_group(spec: ModelSpec, batch: int, options: Options, work_dir: str,
             row.update(_timing_fields(samples[key]), load_1min=round(load, 2))
     if options.memory:
         for key, (runner, row, builder) in runners.items():
-            row.update(peak_mb_isolated(builder.case.spec, key[1], batch,
-                                        [t.shape for t in builder.case.inputs],
-                                        options.threads, options.size, builder.artifacts))
+            row.update(memory_isolated(builder.case.spec, key[1], batch,
+                                       [t.shape for t in builder.case.inputs],
+                                       options.threads, options.size, builder.artifacts))
     for row in rows:
         log(format_row(row))
     return rows
@@ -169,9 +169,12 @@ def format_row(row: dict) -> str:
     if 'median_ms' not in row:
         return f'{head} not timed'
     low, high = row['ci_ms']
-    peak = row.get('peak_mb', row.get('peak_error', '-'))
-    return (f"{head} {row['median_ms']:10.2f} ms [{low:.2f}, {high:.2f}]  "
-            f"peak {peak} MB")
+    text = f"{head} {row['median_ms']:10.2f} ms [{low:.2f}, {high:.2f}]"
+    if 'memory_error' in row:
+        return f"{text}  memory FAILED: {row['memory_error']}"
+    if 'peak_mb' in row:
+        text += f"  resident {row.get('resident_mb')} MB + peak {row['peak_mb']} MB"
+    return text
 
 
 def row_key(row: dict) -> tuple:

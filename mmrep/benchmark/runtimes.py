@@ -50,8 +50,7 @@ INT8_CALIBRATION_SAMPLES = 4
 class Runner:
     """One path of one model: ``call()`` runs one inference."""
     call: Callable[[], Any]
-    info: Dict[str, Any] = field(default_factory=dict)   # goes into the row
-    artifact: Optional[str] = None                       # a file the memory child reuses
+    info: Dict[str, Any] = field(default_factory=dict)  # goes into the row
 
 
 class PathError(RuntimeError):
@@ -134,11 +133,14 @@ class PathBuilder:
 
     ``artifacts`` (``{'onnx': path, ...}``) are files made before (by the
     parent process, for the memory child): they are used instead of exporting again.
+    ``in_place``: fuse and change the layout of ``case.model`` itself instead of
+    copies (for one path only: the memory child holds no second model).
     """
 
     def __init__(self, case: Case, threads: int, work_dir: str,
-                 artifacts: Optional[Dict[str, str]] = None):
+                 artifacts: Optional[Dict[str, str]] = None, in_place: bool = False):
         self.case, self.threads, self.work_dir = case, threads, work_dir
+        self._copy = (lambda m: m) if in_place else copy.deepcopy
         self.artifacts = dict(artifacts or {})
         self.prefix = osp.join(work_dir, ''.join(c if c.isalnum() else '_'
                                                  for c in case.spec.name).strip('_'))
@@ -153,7 +155,7 @@ class PathBuilder:
             from mmrep.reparam import count_unfused
             model = self.case.model
             if not self.case.already_fused:
-                model = copy.deepcopy(model)
+                model = self._copy(model)
                 self.nothing_to_fuse = (not self.case.spec.reference
                                         and self.case.spec.kind != 'timm'
                                         and count_unfused(model) == 0)
@@ -195,17 +197,27 @@ class PathBuilder:
         return self.artifacts['onnx_int8']
 
     def openvino_int8(self) -> str:
+        """The ONNX model quantized by NNCF (random calibration inputs), saved as IR."""
         if 'openvino_int8' not in self.artifacts:
-            from . import openvino_paths
+            from mmrep.deploy.openvino import compile_onnx
+            onnx_path = self.onnx()
             path = self.prefix + '_openvino_int8.xml'
-            feeds = random_feeds(self.onnx(), self.case.inputs, INT8_CALIBRATION_SAMPLES)
+            feeds = random_feeds(onnx_path, self.case.inputs, INT8_CALIBRATION_SAMPLES)
             try:
-                openvino_paths.quantize(self.onnx(), feeds, path)
+                compile_onnx(onnx_path, 'int8', self.threads, calibration=feeds).save(path)
             except Exception as error:
                 raise PathError(f'NNCF INT8 quantization failed: {type(error).__name__}: '
                                 f'{error}') from error
             self.artifacts['openvino_int8'] = path
         return self.artifacts['openvino_int8']
+
+    def _openvino_model(self, path: str):
+        from mmrep.deploy import openvino as backend
+        if path == 'openvino':  # OpenVINO's default: the CPU's fastest float precision
+            return backend.compile_onnx(self.onnx(), None, self.threads)
+        import openvino
+        quantized = openvino.Core().read_model(self.openvino_int8())
+        return backend.OpenVINOModel(quantized, None, self.threads, quantized=True)
 
     # ---- runners
     def runner(self, path: str) -> Runner:
@@ -221,13 +233,13 @@ class PathBuilder:
             info = self._fused_info()
             if path == 'fused_channels_last':
                 from mmrep.engine.fast_path import apply_memory_format
-                model = apply_memory_format(copy.deepcopy(model), 'channels_last')
+                model = apply_memory_format(self._copy(model), 'channels_last')
             return Runner(lambda: model(*inputs), info)
         if path in ('plain_limit', 'plain_limit_channels_last'):
             model = self.fused()
             if path == 'plain_limit_channels_last':
                 from mmrep.engine.fast_path import apply_memory_format
-                model = apply_memory_format(copy.deepcopy(model), 'channels_last')
+                model = apply_memory_format(self._copy(model), 'channels_last')
             limit = PlainLimit(model, inputs)
             return Runner(limit, dict(convs=limit.convs,
                                       activations=sum(limit.activations().values())))
@@ -236,14 +248,12 @@ class PathBuilder:
             onnx_path = self.onnx() if path == 'onnxruntime' else self.onnx_int8()
             session = cpu_session(onnx_path, self.threads)
             feeds = onnx_feeds(onnx_path, inputs)
-            return Runner(lambda: session.run(None, feeds), {}, onnx_path)
+            return Runner(lambda: session.run(None, feeds))
         if path in OPENVINO_PATHS:
-            from . import openvino_paths
-            model_path = self.onnx() if path == 'openvino' else self.openvino_int8()
-            compiled, precision = openvino_paths.compile(model_path, self.threads)
-            feeds = list(onnx_feeds(self.onnx(), inputs).values())
-            return Runner(lambda: compiled(feeds), dict(inference_precision=precision),
-                          model_path)
+            model = self._openvino_model(path)
+            feeds = onnx_feeds(self.onnx(), inputs)
+            return Runner(lambda: model(feeds), dict(
+                precision=model.precision, inference_precision=model.inference_precision))
         raise ValueError(f'unknown path {path!r}; choose from {ALL_PATHS}')
 
 

@@ -46,14 +46,21 @@ def _reset_high_water_mark() -> bool:
         return False
 
 
+def settled_rss_mb() -> Optional[float]:
+    """The process's RSS in MB after garbage collection and returning free heap pages."""
+    gc.collect()
+    _malloc_trim()
+    kb = _status_kb('VmRSS')
+    return None if kb is None else kb / 1024
+
+
 class PeakRSS:
     """``with PeakRSS() as peak: ...``; then ``peak.mb`` (None where it cannot be measured)."""
 
     def __enter__(self) -> 'PeakRSS':
-        gc.collect()
-        _malloc_trim()
+        start_mb = settled_rss_mb()
         self._valid = _reset_high_water_mark()
-        self._start_kb = _status_kb('VmRSS')
+        self._start_kb = None if start_mb is None else start_mb * 1024
         self.mb = None
         return self
 
