@@ -19,8 +19,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest tests -q -p no:cacheprovider
 
+# every published benchmark figure; on an idle machine (see benchmarks/commands.sh)
 benchmark: $(STAMP)
-	$(PY) tools/benchmark.py --out benchmarks
+	bash benchmarks/commands.sh
 
 # -E -a: a fresh build every time, so that no warning hides in a cached page
 docs: $(STAMP)

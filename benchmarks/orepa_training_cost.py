@@ -1,6 +1,7 @@
 """OREPA's training cost: one step of OREPA-ResNet-18 vs the same branches DBB-style vs ResNet-18.
 
-    python benchmarks/orepa_training_cost.py [--batch 8] [--size 224] [--repeats 3] [--out FILE]
+    python benchmarks/orepa_training_cost.py [--batch 8] [--size 224] [--rounds 7]
+                                             [--threads 1] [--out FILE]
 
 One training step = forward, a scalar loss, backward and an SGD update, in
 train mode (BN batch statistics), batch 8, 224x224, on the CPU. Three
@@ -18,10 +19,15 @@ networks, all without the classifier (outputs of the last stage):
   at the stem's output resolution, as a DBB 7x7 stem does). Built here from the OREPA model's own
   weights (:class:`DBBStyleConv`); it is a cost model, not a trained variant.
 
-Time: median wall-clock of ``--repeats`` steps after one warm-up step.
-Peak memory: peak RSS growth during those steps (:mod:`mmrep.engine.measure`),
-gradients freed before each step, so their allocation counts. The official
-OREPA README's GPU figures are printed beside ours.
+Time: the three networks' steps interleaved, one of each per round in
+rotating order (:func:`mmrep.benchmark.timing.interleaved`), after one warm-up
+step each; the OREPA / DBB-style time ratio is the median of the paired
+per-round ratios with its 95% interval (:mod:`mmrep.benchmark.stats`).
+Peak memory: each network alone in a fresh process (after a throw-away first
+model), the peak RSS growth during two steps (:mod:`mmrep.engine.measure`):
+gradients are freed before each step, so their allocation counts, and the
+first step allocates the optimizer state. The official OREPA README's GPU
+figures are printed beside ours.
 """
 from __future__ import annotations
 
@@ -30,6 +36,8 @@ import json
 import os
 import os.path as osp
 import statistics
+import subprocess
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +46,9 @@ from torch import nn
 
 from mmrep.blocks.orepa import (OREPA, OREPA1x1, OREPA1x1Kernel, OREPAKernel, OREPALargeConv,
                                 _OnlineReparamConv)
-from mmrep.engine.measure import PeakRSS, time_ms
+from mmrep.benchmark.stats import compare_paired
+from mmrep.benchmark.timing import interleaved
+from mmrep.engine.measure import PeakRSS
 from mmrep.models.backbones.orepa_resnet import OREPAResNet
 
 # official OREPA README, ResNet-18 on GPU: memory (GB) and seconds per training batch
@@ -126,6 +136,9 @@ def dbb_style(model: nn.Module) -> nn.Module:
     return model
 
 
+NAMES = ('plain', 'OREPA', 'DBB-style')
+
+
 def build(name: str) -> nn.Module:
     torch.manual_seed(0)
     if name == 'plain':
@@ -135,7 +148,8 @@ def build(name: str) -> nn.Module:
     return dbb_style(model) if name == 'DBB-style' else model
 
 
-def training_step_cost(model: nn.Module, batch: int, size: int, repeats: int) -> dict:
+def training_step(model: nn.Module, batch: int, size: int):
+    """A callable doing one training step of ``model`` (train mode, SGD with momentum)."""
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     x = torch.rand(batch, 3, size, size)
@@ -146,12 +160,29 @@ def training_step_cost(model: nn.Module, batch: int, size: int, repeats: int) ->
         loss = sum(o.float().mean() for o in (out if isinstance(out, (tuple, list)) else [out]))
         loss.backward()
         optimizer.step()
+    return step
 
-    with PeakRSS() as peak:  # the warm-up step too: it allocates the optimizer state
-        times = time_ms(step, repeats, warmup=1)
-    return dict(step_s=round(statistics.median(times) / 1000, 3), peak_mb=round(peak.mb, 1)
-                if peak.mb is not None else None,
+
+def memory_of(name: str, batch: int, size: int) -> dict:
+    """Peak RSS growth of two steps of ``name`` (the first allocates the optimizer state),
+    meant to run alone in a fresh process (:func:`memory_in_fresh_process`)."""
+    model = build(name)
+    step = training_step(build(name), batch, size)  # a first model: imports, lazy init
+    step()
+    del step
+    step = training_step(model, batch, size)
+    with PeakRSS() as peak:
+        step()
+        step()
+    return dict(peak_mb=None if peak.mb is None else round(peak.mb, 1),
                 params_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 2))
+
+
+def memory_in_fresh_process(name: str, args) -> dict:
+    out = subprocess.run([sys.executable, __file__, '--memory-of', name, '--batch',
+                          str(args.batch), '--size', str(args.size), '--threads',
+                          str(args.threads)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main():
@@ -159,32 +190,41 @@ def main():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--batch', type=int, default=8)
     parser.add_argument('--size', type=int, default=224)
-    parser.add_argument('--repeats', type=int, default=3)
-    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--rounds', type=int, default=7,
+                        help='interleaved rounds: one timed step of each network per round')
+    parser.add_argument('--threads', type=int, default=1)
+    parser.add_argument('--memory-of', choices=NAMES, help=argparse.SUPPRESS)
     parser.add_argument('--out', default=osp.join(osp.dirname(osp.abspath(__file__)),
                                                   'orepa_training_cost.json'))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.memory_of:
+        print(json.dumps(memory_of(args.memory_of, args.batch, args.size)))
+        return
     load = os.getloadavg()
-    results = {}
-    for name in ('plain', 'OREPA', 'DBB-style'):
-        results[name] = training_step_cost(build(name), args.batch, args.size, args.repeats)
-        print(name, results[name], flush=True)
+    results = {name: memory_in_fresh_process(name, args) for name in NAMES}
+    steps = {name: training_step(build(name), args.batch, args.size) for name in NAMES}
+    samples = interleaved(steps, rounds=args.rounds, warmup=1, min_sample_ms=0, min_rounds=1)
+    for name in NAMES:
+        results[name].update(step_s=round(statistics.median(samples[name].ms) / 1000, 3),
+                             samples_s=[round(v / 1000, 4) for v in samples[name].ms])
+    time_ratio = compare_paired(samples['OREPA'].ms, samples['DBB-style'].ms)
     orepa, dbb = results['OREPA'], results['DBB-style']
-    ratios = dict(time_orepa_over_dbb=round(orepa['step_s'] / dbb['step_s'], 3),
+    ratios = dict(time_orepa_over_dbb=time_ratio.as_dict(),
                   memory_orepa_over_dbb=round(orepa['peak_mb'] / dbb['peak_mb'], 3)
                   if orepa['peak_mb'] and dbb['peak_mb'] else None)
     print(f'\nResNet-18 training step, batch {args.batch}, {args.size}x{args.size}, CPU, '
-          f'{args.threads} threads (load average before {load})')
+          f'{args.threads} thread(s) (load average before {load})')
     print(f'{"":10} {"step s":>8} {"peak MB":>9} | official GPU: {"s":>6} {"GB":>5}')
     for name, row in results.items():
         gb, s = OFFICIAL[name]
         print(f'{name:10} {row["step_s"]:8.3f} {row["peak_mb"]!s:>9} | {"":13} {s:6.3f} {gb:5.1f}')
-    print(f'OREPA / DBB-style: time {ratios["time_orepa_over_dbb"]}, memory '
-          f'{ratios["memory_orepa_over_dbb"]} (official: 0.50, 0.69; target <= 0.55, <= 0.7)')
+    print(f'OREPA / DBB-style: time {time_ratio} (paired), memory '
+          f'{ratios["memory_orepa_over_dbb"]} (official: 0.50, 0.69)')
     with open(args.out, 'w') as f:
         json.dump(dict(command='python benchmarks/orepa_training_cost.py ' + ' '.join(
-            f'--{k} {v}' for k, v in vars(args).items() if k != 'out'),
+            f'--{k.replace("_", "-")} {v}' for k, v in vars(args).items()
+            if k not in ('out', 'memory_of')),
             load_average_before=load, load_average_after=os.getloadavg(),
             torch=torch.__version__, results=results, ratios=ratios,
             official_gpu={k: dict(memory_gb=v[0], step_s=v[1]) for k, v in OFFICIAL.items()}),

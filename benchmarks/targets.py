@@ -1,7 +1,8 @@
 """The project's performance targets (issues #12 and #19), each met, not met or inconclusive.
 
     python benchmarks/targets.py [--benchmark benchmarks/benchmark.json]
-        [--deploy-report work_dirs/openvino_int8_shapes/report.json] [--out benchmarks/targets.md]
+        [--deploy-report work_dirs/benchmark_targets/openvino_int8/report.json]
+        [--orepa-cost benchmarks/orepa_training_cost.json] [--out benchmarks/targets.md]
 
 Reads the rows ``tools/benchmark.py`` wrote (see ``benchmarks/commands.sh``).
 Every ratio verdict is paired: both rows come from one interleaved group, and
@@ -19,7 +20,7 @@ import sys
 from typing import List, Optional, Sequence
 
 from mmrep.benchmark.report import find_row, paired
-from mmrep.benchmark.stats import INCONCLUSIVE, MET, NOT_MET, verdict
+from mmrep.benchmark.stats import INCONCLUSIVE, MET, NOT_MET, RatioSummary, verdict
 
 HERE = osp.dirname(osp.abspath(__file__))
 NOT_MEASURED = 'not measured'
@@ -172,10 +173,36 @@ def speed_built_detector(rows: List[dict]) -> List[dict]:
                          NOT_MEASURED)]
 
 
-def all_targets(rows: List[dict], deploy_report: Optional[str]) -> List[dict]:
+def orepa_training_cost(path: Optional[str]) -> List[dict]:
+    """#12: an OREPA training step at most 0.55x the time and 0.7x the peak memory of
+    DBB-style (``benchmarks/orepa_training_cost.py``: paired interleaved time ratio;
+    memory of each network alone in a fresh process)."""
+    time_target = 'OREPA-ResNet-18 training step <= 0.55x the time of DBB-style'
+    memory_target = 'OREPA-ResNet-18 training step <= 0.7x the peak memory of DBB-style'
+    data = None
+    if path and osp.isfile(path):
+        with open(path) as f:
+            data = json.load(f)
+    ratio = (data or {}).get('ratios', {}).get('time_orepa_over_dbb')
+    if not isinstance(ratio, dict):  # missing, or a single-draw float of the older script
+        why = 'no paired run' + (f' in {path}' if data else f' ({path})')
+        return [_line(time_target, why, NOT_MEASURED), _line(memory_target, why, NOT_MEASURED)]
+    summary = RatioSummary(**ratio)
+    results = data['results']
+    memory = data['ratios'].get('memory_orepa_over_dbb')
+    return [_line(time_target, f"{results['OREPA']['step_s']:.2f} vs "
+                  f"{results['DBB-style']['step_s']:.2f} s: "
+                  + _ratio_text(summary, 'OREPA', 'DBB-style'), verdict(summary, at_most=0.55)),
+            _line(memory_target, f"{results['OREPA']['peak_mb']:.0f} vs "
+                  f"{results['DBB-style']['peak_mb']:.0f} MB: {memory}",
+                  NOT_MEASURED if memory is None else MET if memory <= 0.7 else NOT_MET)]
+
+
+def all_targets(rows: List[dict], deploy_report: Optional[str],
+                orepa_cost: Optional[str] = None) -> List[dict]:
     return (openvino_vs_onnxruntime(rows) + openvino_int8_accuracy(deploy_report)
             + twins(rows) + plain_limit(rows) + replknet_fast_path(rows)
-            + speed_built_detector(rows))
+            + speed_built_detector(rows) + orepa_training_cost(orepa_cost))
 
 
 def markdown(lines: List[dict]) -> str:
@@ -189,8 +216,11 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--benchmark', default=osp.join(HERE, 'benchmark.json'))
     parser.add_argument('--deploy-report',
-                        default=osp.join('work_dirs', 'openvino_int8_shapes', 'report.json'),
+                        default=osp.join('work_dirs', 'benchmark_targets', 'openvino_int8',
+                                         'report.json'),
                         help="tools/deploy.py's report.json of the OpenVINO INT8 run")
+    parser.add_argument('--orepa-cost', default=osp.join(HERE, 'orepa_training_cost.json'),
+                        help="benchmarks/orepa_training_cost.py's output")
     parser.add_argument('--out', default=osp.join(HERE, 'targets.md'))
     args = parser.parse_args(argv)
     with open(args.benchmark) as f:
@@ -198,7 +228,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     if not isinstance(data, dict) or 'rows' not in data:
         sys.exit(f'{args.benchmark} was written by an older tools/benchmark.py (no paired '
                  'samples): run the commands in benchmarks/commands.sh')
-    lines = all_targets(data['rows'], args.deploy_report)
+    lines = all_targets(data['rows'], args.deploy_report, args.orepa_cost)
     text = markdown(lines)
     with open(args.out, 'w') as f:
         f.write(text)

@@ -453,6 +453,8 @@ def test_append_replaces_rows_of_the_same_setting_and_keeps_the_others(tmp_path)
     common = ['--models', 'RepVGG-A0', '--no-peers', '--size', '32', '32', '--out', out,
               '--rounds', '3', '--min-sample-ms', '1', '--no-memory']
     _tool().main(common + ['--paths', 'fused', 'plain_limit'])
+    with pytest.raises(SystemExit, match='exists: --append to add to it, --overwrite'):
+        _tool().main(common + ['--paths', 'fused'])  # a finished run is never replaced silently
     _tool().main(common + ['--paths', 'fused', '--append', '--threads', '2'])
     _tool().main(common + ['--paths', 'fused', '--append'])
     data = json.loads(open(osp.join(out, 'benchmark.json')).read())

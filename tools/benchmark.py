@@ -85,7 +85,11 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     parser.add_argument('--append', action='store_true',
                         help='add to OUT/benchmark.json: rows of the same model, path, batch, '
                         'input and threads are replaced')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace an existing OUT/benchmark.json (refused otherwise)')
     args = parser.parse_args(argv)
+    if args.append and args.overwrite:
+        parser.error('--append and --overwrite exclude each other')
     if args.checkpoint and not args.config:
         parser.error('--checkpoint needs --config')
     if args.cfg_options and not args.config:
@@ -125,9 +129,10 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     json_path = osp.join(args.out, 'benchmark.json')
     previous = {'rows': [], 'runs': []}
     if osp.isfile(json_path):
-        if not args.append:
-            print(f'{json_path} exists: it is replaced (--append adds to it)')
-        else:
+        if not (args.append or args.overwrite):
+            sys.exit(f'error: {json_path} exists: --append to add to it, --overwrite to '
+                     'replace it, or choose another --out')
+        if args.append:
             with open(json_path) as f:
                 previous = json.load(f)
             if not isinstance(previous, dict) or 'rows' not in previous:

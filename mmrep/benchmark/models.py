@@ -4,7 +4,7 @@ A :class:`ModelSpec` is data: a backbone's registry dict, or a config (an
 mmrep config name, ``pkg::path`` or a file) for necks and whole models, an
 optional timm model for twins, and ``peers``: other specs timed in the same
 interleaved group so that their ratios are paired. Adding a family is a few
-lines in :data:`MODEL_SPECS`; :func:`spec_from_config` makes a spec of any
+lines in ``MODEL_SPECS``; :func:`spec_from_config` makes a spec of any
 detector or segmentor config (``tools/benchmark.py --config``).
 
 Whole models run as networks (``mode='tensor'``: backbone, neck and head; no
@@ -359,7 +359,8 @@ def build_case(spec: ModelSpec, batch: int = 1, size: Sequence[int] = (224, 224)
     if spec.kind == 'timm':
         import timm
         forward = TIMM_FORWARDS[spec.timm_forward]
-        model = timm.create_model(spec.timm, pretrained=False).eval()
+        # no classifier: the twin runs features only, and holds no unused head weights
+        model = timm.create_model(spec.timm, pretrained=False, num_classes=0).eval()
         return Case(spec, Flatten(model, forward), (torch.rand(batch, 3, h, w),), [h, w],
                     'given (--size)', _timm_fuse)
     cfg = load_config(spec)
