@@ -480,3 +480,23 @@ def test_an_unknown_path_is_refused_by_name(tmp_path):
     case = models.build_case(models.MODEL_SPECS['RepVGG-A0'], size=(32, 32))
     with pytest.raises(ValueError, match="unknown path 'no_such_path'"):
         PathBuilder(case, 1, str(tmp_path)).runner('no_such_path')
+
+
+def test_openvino_paths_run_the_fused_export_and_record_the_precision(tmp_path):
+    pytest.importorskip('openvino')
+    pytest.importorskip('nncf')
+    from mmrep.benchmark.runtimes import PathBuilder
+    case = models.build_case(models.MODEL_SPECS['RepVGG-A0'], size=(32, 32))
+    builder = PathBuilder(case, 1, str(tmp_path))
+    fp, int8 = builder.runner('openvino'), builder.runner('openvino_int8')
+    from mmrep.deploy.openvino import default_precision
+    assert fp.info['inference_precision'] == default_precision()  # OpenVINO's own choice
+    assert int8.info['precision'] == 'int8'
+    assert osp.isfile(builder.artifacts['openvino_int8'])  # the IR the memory child reads
+    with torch.no_grad():
+        want = builder.fused()(*case.inputs)
+    got = fp.call()
+    assert [g.shape for g in got] == [tuple(w.shape) for w in want]
+    scale = want[-1].abs().max().item()
+    assert abs(got[-1] - want[-1].numpy()).max() < 0.05 * scale  # bf16 is ~1% of the scale
+    assert len(int8.call()) == len(want)
