@@ -443,7 +443,7 @@ def test_a_fused_checkpoint_runs_the_fused_paths_and_says_why_unfused_cannot(tmp
 def test_a_checkpoint_of_another_model_is_refused(tmp_path):
     ckpt = tmp_path / 'other.pth'
     torch.save(dict(state_dict=dict(weight=torch.zeros(3))), ckpt)
-    with pytest.raises(Exception, match='does not match'):
+    with pytest.raises(SystemExit, match='other.pth does not match the model built from'):
         _tool().main(['--config', SLIM, '--checkpoint', str(ckpt), '--out',
                       str(tmp_path / 'bench')] + TINY)
 

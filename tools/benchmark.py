@@ -146,9 +146,12 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
             json.dump(dict(runs=previous['runs'] + [dict(record, command=command)],
                            rows=run.merge_rows(previous['rows'], rows)), f, indent=1)
 
-    record = dict(command=command, status='running')
-    rows, record = run.run(to_run, options, specs, on_group=save)
-    record['status'] = 'done'
+    record = dict(status='running')  # saved after each group; replaced by the run's record
+    from mmrep.engine.deploy_utils import CheckpointMismatchError
+    try:
+        rows, record = run.run(to_run, options, specs, on_group=save)
+    except (CheckpointMismatchError, FileNotFoundError) as error:
+        sys.exit(f'error: {error}')
     save(rows)
     with open(json_path) as f:
         rows = json.load(f)['rows']

@@ -115,13 +115,21 @@ def run_group(spec: ModelSpec, batch: int, options: Options, work_dir: str,
     group = (f'{spec.name}, batch {batch}, {options.threads} thread(s), '
              + 'x'.join(map(str, input_hw)))
     members = [(case, _group_paths(spec, options.paths))]
+    rows, runners, builders = [], {}, []
     if options.peers:
         for name in spec.peers:
             peer = get_spec(name, specs)
             peer_input = input_hw if peer.kind in WHOLE_MODEL_KINDS else None
-            members.append((build_case(peer, batch, options.size, peer_input),
-                            _group_paths(peer, options.paths)))
-    rows, runners, builders = [], {}, []
+            try:
+                members.append((build_case(peer, batch, options.size, peer_input),
+                                _group_paths(peer, options.paths)))
+            except Exception as error:  # a missing peer (e.g. timm not installed) is a row
+                why = (f'{type(error).__name__}: {error}'
+                       + (' (pip install timm for the twin rows)'
+                          if isinstance(error, ImportError) else ''))
+                rows.append(dict(model=peer.name, kind=peer.kind, batch=batch,
+                                 input=list(case.inputs[0].shape), threads=options.threads,
+                                 group=group, path='all', error=why[:500]))
     for member, paths in members:
         builder = PathBuilder(member, options.threads, work_dir)
         builders.append(builder)
