@@ -126,6 +126,9 @@ def test_load_warning_when_other_processes_take_the_cores():
     assert run.load_warning(0.9, cpus=2, threads=1) is None
     assert 'load average 1.50' in run.load_warning(1.5, cpus=2, threads=1)
     assert run.load_warning(0.5, cpus=2, threads=2) is not None
+    # while timing, the run's own threads are part of the load average
+    assert run.load_warning(2.0, cpus=2, threads=2, own=2) is None
+    assert run.load_warning(3.1, cpus=2, threads=2, own=2) is not None
 
 
 # ---------------------------------------------------------------- the plain limit

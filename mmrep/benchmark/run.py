@@ -53,15 +53,21 @@ class Options:
             raise ValueError(f'batch sizes must be at least 1, got {list(self.batches)}')
 
 
-def load_warning(load_1min: float, cpus: int, threads: int) -> Optional[str]:
-    """A warning when other processes leave fewer idle cores than the run's threads."""
-    idle = cpus - load_1min
+def load_warning(load_1min: float, cpus: int, threads: int,
+                 own: float = 0.0) -> Optional[str]:
+    """A warning when other processes leave fewer idle cores than the run's threads.
+
+    ``own``: how much of the load average is this run itself (0 before it
+    starts; ``threads`` while it times, which keeps ``threads`` cores busy).
+    """
+    others = max(load_1min - own, 0.0)
+    idle = cpus - others
     if idle >= threads:
         return None
-    return (f'load average {load_1min:.2f} on {cpus} CPUs leaves about {max(idle, 0):.1f} '
-            f'idle for the {threads} thread(s) this run uses: other processes compete for '
-            'the cores, so the times are inflated and noisy, and verdicts are more often '
-            'inconclusive. Measure on an idle machine, or with fewer --threads.')
+    return (f'load average {load_1min:.2f} on {cpus} CPUs: other processes leave about '
+            f'{max(idle, 0):.1f} idle for the {threads} thread(s) this run uses, so the '
+            'times are inflated and noisy, and verdicts are more often inconclusive. '
+            'Measure on an idle machine, or with fewer --threads.')
 
 
 def machine() -> dict:
@@ -147,10 +153,6 @@ def run_group(spec: ModelSpec, batch: int, options: Options, work_dir: str,
             for row in rows:
                 if row['model'] == member.spec.name:
                     row.setdefault('notes', []).append(base_note)
-    load = os.getloadavg()[0]
-    warning = load_warning(load, os.cpu_count() or 1, options.threads)
-    if warning:
-        log(f'WARNING: {warning}')
     if runners:
         log(f'{group}: timing {len(runners)} runners interleaved')
         with torch.no_grad():
@@ -158,8 +160,15 @@ def run_group(spec: ModelSpec, batch: int, options: Options, work_dir: str,
                 {key: value[0].call for key, value in runners.items()}, options.rounds,
                 min_sample_ms=options.min_sample_ms, max_seconds=options.max_seconds,
                 min_rounds=options.min_rounds)
+        # the 1-minute load average just after timing: mostly the timing itself
+        load = os.getloadavg()[0]
+        warning = load_warning(load, os.cpu_count() or 1, options.threads, own=options.threads)
+        if warning:
+            log(f'WARNING: {group}: {warning}')
         for key, (runner, row, builder) in runners.items():
             row.update(_timing_fields(samples[key]), load_1min=round(load, 2))
+            if warning:
+                row['load_warning'] = True
     if options.memory:
         for key, (runner, row, builder) in runners.items():
             row.update(memory_isolated(builder.case.spec, key[1], batch,
@@ -222,10 +231,10 @@ def run(specs_to_run: Sequence[ModelSpec], options: Options,
             for spec in specs_to_run:
                 group_rows = run_group(spec, batch, options, work_dir, specs, log)
                 rows += group_rows
-                group_warning = load_warning(max((r.get('load_1min', 0) for r in group_rows),
-                                                 default=0), os.cpu_count() or 1, options.threads)
-                if group_warning:
-                    record['warnings'].append(f'{spec.name} b{batch}: {group_warning}')
+                if any(r.get('load_warning') for r in group_rows):
+                    load = max(r['load_1min'] for r in group_rows if 'load_1min' in r)
+                    record['warnings'].append(f'{spec.name} b{batch}: ' + load_warning(
+                        load, os.cpu_count() or 1, options.threads, own=options.threads))
                 if on_group is not None:
                     on_group(rows)
     finally:
