@@ -62,7 +62,7 @@ def openvino_vs_onnxruntime(rows: List[dict]) -> List[dict]:
                 continue
             best = min(candidates, key=lambda r: r['median_ms'])
             summary = paired(best, ort)
-            precision = best.get('inference_precision', '?')
+            precision = best.get('precision') or best.get('inference_precision', '?')
             out.append(_line(target, f"`{best['path']}` ({precision}) {_ms(best)} vs "
                              f"{_ms(ort)}: " + _ratio_text(summary, best['path'], 'onnxruntime')
                              + f', speed-up {1 / summary.median:.2f}x',

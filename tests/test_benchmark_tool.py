@@ -62,6 +62,11 @@ def test_verdict_is_inconclusive_when_the_spread_covers_the_margin():
     assert stats.verdict(summary(2.8, 3.3), at_least=3) == stats.INCONCLUSIVE
     with pytest.raises(ValueError, match='exactly one'):
         stats.verdict(summary(1, 1))
+    few = stats.summarize_ratios([0.5, 0.6, 0.55])  # 3 pairs: a 75% interval
+    assert few.coverage == pytest.approx(0.75)
+    assert stats.verdict(few, at_most=1.03) == stats.INCONCLUSIVE
+    assert stats.verdict(stats.summarize_ratios([0.5, 0.6, 0.55, 0.52, 0.58]),
+                         at_most=1.03) == stats.MET
 
 
 def test_paired_ratios_need_samples_of_the_same_rounds():
@@ -363,7 +368,7 @@ def test_openvino_target_pairs_the_faster_openvino_path_with_onnxruntime(tmp_pat
     g = 'RepLKNet-31B'
     rows = [_row(g, 'onnxruntime', [100.0] * 8, group=g),
             _row(g, 'openvino', [30.0, 31, 29, 30, 32, 30, 31, 30], group=g,
-                 inference_precision='bf16'),
+                 precision='bf16', inference_precision='bf16'),
             _row(g, 'openvino_int8', [40.0] * 8, group=g)]
     lines = targets.openvino_vs_onnxruntime(rows)
     line = next(x for x in lines if x['target'].startswith('RepLKNet-31B, 1 thread'))

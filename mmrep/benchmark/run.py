@@ -118,8 +118,9 @@ def run_group(spec: ModelSpec, batch: int, options: Options, work_dir: str,
     """Time ``spec`` and its peers, all paths interleaved; one row per (model, path)."""
     case = build_case(spec, batch, options.size, options.input_size, options.image_size)
     input_hw = tuple(case.inputs[0].shape[2:])
-    group = (f'{spec.name}, batch {batch}, {options.threads} thread(s), '
-             + 'x'.join(map(str, input_hw)))
+    shown = ('features of ' + 'x'.join(map(str, case.image)) if spec.kind == 'neck'
+             else 'x'.join(map(str, input_hw)))
+    group = f'{spec.name}, batch {batch}, {options.threads} thread(s), {shown}'
     members = [(case, _group_paths(spec, options.paths))]
     rows, runners, builders = [], {}, []
     if options.peers:

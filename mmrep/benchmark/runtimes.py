@@ -27,6 +27,7 @@ import copy
 import logging
 import os.path as osp
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Sequence
 
@@ -82,7 +83,9 @@ def export_onnx(module: nn.Module, inputs: Sequence[torch.Tensor], path: str) ->
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.AdaptiveAvgPool2d):
                 setattr(parent, name, _AdaptiveAvgPoolExact(child.output_size))
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # the tracer's notes on shape checks in forward(): static shapes are what we export
+        warnings.simplefilter('ignore', torch.jit.TracerWarning)
         torch.onnx.export(module, tuple(inputs), path, opset_version=17, input_names=names,
                           do_constant_folding=True, dynamo=False)
     return path

@@ -20,7 +20,8 @@ A target ``ratio <= limit`` is then
 * **met** when the whole interval is at or below the limit;
 * **not met** when the whole interval is above it;
 * **inconclusive** when the interval contains the limit: the spread of the
-  measurement covers the margin, and another run could go either way.
+  measurement covers the margin, and another run could go either way; also
+  when there are too few pairs (under 5) for an interval of 90% coverage.
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ from dataclasses import asdict, dataclass
 from typing import List, Optional, Sequence, Tuple
 
 DEFAULT_CONFIDENCE = 0.95
+# a verdict needs an interval at least this likely to hold the median (5 pairs or more)
+MIN_COVERAGE = 0.9
 MET, NOT_MET, INCONCLUSIVE = 'met', 'not met', 'inconclusive'
 
 
@@ -103,10 +106,16 @@ def compare_paired(a_ms: Sequence[float], b_ms: Sequence[float],
 
 
 def verdict(summary: RatioSummary, at_most: Optional[float] = None,
-            at_least: Optional[float] = None) -> str:
-    """``'met'``, ``'not met'`` or ``'inconclusive'`` for ``ratio <= at_most`` / ``>= at_least``."""
+            at_least: Optional[float] = None, min_coverage: float = MIN_COVERAGE) -> str:
+    """``'met'``, ``'not met'`` or ``'inconclusive'`` for ``ratio <= at_most`` / ``>= at_least``.
+
+    Fewer pairs than give an interval of ``min_coverage`` (5 pairs: 93.75%)
+    decide nothing: ``'inconclusive'``.
+    """
     if (at_most is None) == (at_least is None):
         raise ValueError('give exactly one of at_most and at_least')
+    if summary.coverage < min_coverage:
+        return INCONCLUSIVE
     if at_most is not None:
         if summary.high <= at_most:
             return MET
