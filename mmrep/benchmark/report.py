@@ -152,8 +152,8 @@ def plot(rows: Sequence[dict], path: Optional[str] = None, columns: int = 2):
     columns = min(columns, len(panels))
     n_rows = -(-len(panels) // columns)
     heights = [len({r['path'] for r in members}) for members in panels.values()]
-    fig, axes = plt.subplots(n_rows, columns, squeeze=False,
-                             figsize=(6.5 * columns, 1.2 + 0.45 * max(heights) * n_rows))
+    height_in = 1.2 + 0.45 * max(heights) * n_rows
+    fig, axes = plt.subplots(n_rows, columns, squeeze=False, figsize=(6.5 * columns, height_in))
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
@@ -186,7 +186,7 @@ def plot(rows: Sequence[dict], path: Optional[str] = None, columns: int = 2):
         if len(models) > 1:
             ax.legend(fontsize=6, loc='lower right')
     fig.suptitle('CPU latency per inference path (median of interleaved rounds)', fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / height_in))  # room for the title
     if path is not None:
         fig.savefig(path, dpi=100)
     return fig
