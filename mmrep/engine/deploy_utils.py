@@ -5,8 +5,10 @@ Shared by :class:`RepDeployHook` and ``tools/reparameterize.py``.
 from __future__ import annotations
 
 import copy
+import glob
 import inspect
 import os
+import os.path as osp
 from typing import Optional
 
 import torch
@@ -50,12 +52,16 @@ def fused_checkpoint_error(model: nn.Module, checkpoint: dict,
     if not meta.get('fused') and set(state) != set(fused_eval_copy(model).state_dict()):
         return None
     source = meta.get('source_checkpoint')
+    # save_fused writes <config>_fused.py beside the checkpoint
+    beside = sorted(glob.glob(osp.join(osp.dirname(name), '*_fused.py'))) \
+        if osp.isfile(name) else []
+    fused_cfg = (' (' + ', '.join(beside) + ')') if beside else ''
     return CheckpointMismatchError(
         f'{name} is already fused (re-parameterized), but the config builds the training '
         f'form of the model ({count_unfused(model)} unfused mmrep blocks): its weights do not '
         'fit, and fusing what loaded would test a half-random network. Use the fused config '
-        'written next to the fused checkpoint (<config>_fused.py; its text is also in the '
-        "checkpoint's meta['cfg']), which builds the plain network (deploy=True)"
+        f'written next to the fused checkpoint{fused_cfg}, which builds the plain network '
+        "(deploy=True; its text is also in the checkpoint's meta['cfg'])"
         + (f', or the unfused checkpoint it was made from, {source}' if source else '') + '.')
 
 
