@@ -14,7 +14,6 @@ import json
 import os
 import os.path as osp
 import pickle
-import re
 import shlex
 import shutil
 import subprocess
@@ -25,6 +24,8 @@ import textwrap
 import pytest
 
 from conftest import REPO_ROOT, shared_data
+from own_project_page import (CAMVID_CLASSES, FORBIDDEN_OUTPUT, NUTS_CLASSES, page_command,
+                              page_commands, page_file, page_line, with_base)
 
 # what `pip install` of the repository reads
 PACKAGE_SOURCES = ('setup.py', 'README.md', '_mmrep_startup_hook.py', 'mmrep', 'configs')
@@ -139,62 +140,6 @@ def test_downstream_config_reads_mmrep_base_without_import(installed, tmp_path):
 # commands come out of the page (PAGE); the test adds only the data and options
 # that make the runs small.
 
-PAGE = osp.join(REPO_ROOT, 'docs', 'en', 'user_guides', 'own_project.md')
-NUTS_CLASSES = ('date', 'fig', 'hazelnut')
-CAMVID_CLASSES = 11
-# what no downstream run may print: mmengine's fallback for an unknown scope, its
-# fallback for a scope without registries, and the pkg_resources deprecation
-FORBIDDEN_OUTPUT = ('Failed to search registry', 'will not be registered',
-                    'pkg_resources is deprecated')
-
-
-def page_text() -> str:
-    with open(PAGE) as f:
-        return f.read()
-
-
-def page_blocks(language: str) -> list:
-    return [m.group(1) for m in re.finditer(rf'^```{language}\n(.*?)^```', page_text(),
-                                            re.S | re.M)]
-
-
-def page_file(path: str) -> str:
-    """The python block of the page that starts with the line ``# <path>``."""
-    found = [b for b in page_blocks('python') if b.startswith(f'# {path}\n')]
-    assert len(found) == 1, f'{PAGE} has {len(found)} blocks for {path}'
-    return found[0]
-
-
-def page_line(start: str) -> str:
-    """The one line of the page's python blocks that starts with ``start``... and its comment above."""
-    for block in page_blocks('python'):
-        lines = block.splitlines()
-        for comment, line in zip(lines, lines[1:]):
-            if comment.startswith(start):
-                return line
-    raise AssertionError(f'{PAGE} has no python line under a comment {start!r}')
-
-
-def page_commands(tool_dir_variable: str) -> tuple:
-    """(the line that sets e.g. MMDET_TOOLS, the ``python $MMDET_TOOLS/...`` commands) of the page."""
-    setter, commands = None, []
-    for block in page_blocks('bash'):
-        for line in re.sub(r'\\\n\s*', '', block).splitlines():
-            if line.startswith(f'{tool_dir_variable}='):
-                setter = line
-            elif line.startswith(f'python ${tool_dir_variable}/'):
-                commands.append(line.split('  #')[0].strip())
-    assert setter and commands, f'{PAGE} sets no {tool_dir_variable} or runs no command with it'
-    return setter, commands
-
-
-def page_command(tool_dir_variable: str, pattern: str) -> str:
-    setter, commands = page_commands(tool_dir_variable)
-    found = [c for c in commands if re.search(pattern, c)]
-    assert len(found) == 1, f'{PAGE}: {len(found)} commands match {pattern!r}: {commands}'
-    return found[0]
-
-
 def assert_quiet(output: str) -> None:
     for text in FORBIDDEN_OUTPUT:
         assert text not in output, f'{text!r} in the output:\n{output[-3000:]}'
@@ -255,11 +200,6 @@ def _pretrained_repvgg_a0(project: str) -> str:
     return printed[-1]
 
 
-def _with_base(config_text: str, base: str) -> str:
-    return re.sub(r"^_base_ = .*$", f"_base_ = 'mmrep::configs/{base}'", config_text,
-                  count=1, flags=re.M)
-
-
 @pytest.fixture(scope='module')
 def project(tmp_path_factory):
     """A user's project folder: the page's configs, its data sets, converted weights."""
@@ -305,14 +245,14 @@ def test_page_configs_build_every_component_from_the_right_host(project):
         'printed': write_config(project, 'nuts_printed_weights.py', '\n'.join([
             "_base_ = './nuts_retinanet_repvgg-a0.py'",
             f"model = dict({project['printed_backbone']})"])),
-        'mask-rcnn': write_config(project, 'nuts_mask-rcnn.py', _with_base(
+        'mask-rcnn': write_config(project, 'nuts_mask-rcnn.py', with_base(
             detection, 'mask-rcnn_repvgg-a0_reppafpn_1x.py').replace(retinanet_line,
                                                                    mask_rcnn_line)),
-        'shapes-demo': write_config(project, 'nuts_shapes_demo.py', _with_base(
+        'shapes-demo': write_config(project, 'nuts_shapes_demo.py', with_base(
             detection, 'retinanet_repghost_shapes_demo.py')),
         'yolox-style': 'configs/nuts_yolox-style_repvgg-a0.py',
         'camvid': 'configs/camvid_upernet_repvgg-a0.py',
-        'ade20k': write_config(project, 'ade_upernet_replknet.py', _with_base(
+        'ade20k': write_config(project, 'ade_upernet_replknet.py', with_base(
             page_file('configs/camvid_upernet_repvgg-a0.py'),
             'upernet_replknet-31b_ade20k.py').replace("'data/camvid/'", "'data/ade/'")),
     }
