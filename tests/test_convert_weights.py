@@ -26,6 +26,7 @@ from timm.utils.model import reparameterize_model as timm_reparameterize
 from torch import nn
 
 import mmrep  # noqa: F401
+from mmrep.checkpoint import UntrustedCheckpointError
 from mmrep.converters import (FAMILY_MODULES, ConversionError, convert_checkpoint, find_family,
                               load_source)
 from mmrep.converters import repghostnet as repghost_converter
@@ -549,11 +550,15 @@ def test_never_overwrites_without_force(a0_state, tmp_path, capsys):
 
 def test_refuses_pickled_objects_unless_trusted(a0_state, tmp_path):
     torch.save({'state_dict': a0_state, 'hook': nn.ReLU()}, tmp_path / 'src.pth')
-    with pytest.raises(ConversionError, match=r'Python objects besides tensors \(torch.nn.modules'
-                                              r'.activation.ReLU\).*--unsafe-load'):
+    with pytest.raises(UntrustedCheckpointError,
+                       match=r'refuses: torch.nn.modules.activation.ReLU\b'):
         load_source(str(tmp_path / 'src.pth'))
     convert_checkpoint(str(tmp_path / 'src.pth'), str(tmp_path / 'out.pth'), 'timm', 'repvgg-a0',
                        unsafe=True)
+    out = tmp_path / 'cli.pth'
+    assert cli_main([str(tmp_path / 'src.pth'), str(out), '--from', 'timm',
+                     '--arch', 'repvgg-a0']) == 1
+    assert not out.exists()
 
 
 # ---------------------------------------------------------------- strict Pretrained loading

@@ -2,6 +2,7 @@
 import mmrep  # noqa: F401  registers mmrep models/hooks and the 'mmrep::' config scope
 from mmengine.runner import Runner
 
+from mmrep.checkpoint import NotACheckpointError, UntrustedCheckpointError
 from mmrep.engine import cli
 from mmrep.engine.deploy_utils import CheckpointMismatchError, load_checked
 
@@ -35,7 +36,7 @@ def main():
     # mmengine loads load_from non-strictly (a warning, then the wrong weights): check first
     try:
         load_checked(runner.model, args.checkpoint)
-    except CheckpointMismatchError as err:
+    except (CheckpointMismatchError, NotACheckpointError, UntrustedCheckpointError) as err:
         raise SystemExit(f'tools/test.py: {err}')
     runner.test()
 

@@ -14,6 +14,7 @@ from mmengine.config import Config
 from mmengine.runner.checkpoint import _load_checkpoint
 from torch import nn
 
+from mmrep.checkpoint import load_checkpoint_file
 from mmrep.models.pretrained import compare_state_dict
 from mmrep.reparam import fused_eval_copy, unwrap_model
 from mmrep.version import __version__
@@ -126,8 +127,15 @@ def fused_config(cfg: Config, checkpoint: Optional[str] = None) -> Config:
 
 
 def read_meta(checkpoint: str) -> dict:
-    """The ``meta`` dict of a checkpoint file (empty if it has none)."""
-    ckpt = _load_checkpoint(checkpoint, map_location='cpu')
+    """The ``meta`` dict of a checkpoint file (empty if it has none).
+
+    A local file is memory-mapped: its tensors (the weights, the optimizer
+    state) are never read into memory, only the pickle that describes them.
+    """
+    if os.path.isfile(checkpoint):
+        ckpt = load_checkpoint_file(checkpoint, map_location='cpu', mmap=True)
+    else:  # a URL or another mmengine scheme
+        ckpt = _load_checkpoint(checkpoint, map_location='cpu')
     return dict(ckpt.get('meta') or {}) if isinstance(ckpt, dict) else {}
 
 
