@@ -16,6 +16,7 @@ from torch import nn
 
 from mmrep.checkpoint import load_checkpoint_file
 from mmrep.models.pretrained import compare_state_dict
+from mmrep.models.unwrap import CheckpointLayoutError, unwrap_state_dict
 from mmrep.reparam import fused_eval_copy, unwrap_model
 from mmrep.version import __version__
 
@@ -27,12 +28,6 @@ class CheckpointMismatchError(RuntimeError):
     """The checkpoint does not belong to the model built from the config."""
 
 
-def _strip_prefix(state: dict) -> dict:
-    if state and all(k.startswith('module.') for k in state):
-        return {k[len('module.'):]: v for k, v in state.items()}
-    return state
-
-
 def load_checked(model: nn.Module, checkpoint: str) -> dict:
     """Load ``checkpoint`` into ``model`` strictly, or explain why it does not fit.
 
@@ -40,7 +35,10 @@ def load_checked(model: nn.Module, checkpoint: str) -> dict:
     config instead) from one of another model. Returns the checkpoint dict.
     """
     ckpt = _load_checkpoint(checkpoint, map_location='cpu')
-    state = _strip_prefix(ckpt.get('state_dict', ckpt))
+    try:
+        state = unwrap_state_dict(ckpt, 'saved').state
+    except CheckpointLayoutError as err:
+        raise CheckpointMismatchError(f'{checkpoint}: {err}') from None
     model = unwrap_model(model)
     expected = {k: v.shape for k, v in model.state_dict().items()}
     mismatch = compare_state_dict(expected, state, optional_suffixes=())  # strict: every key
