@@ -57,22 +57,35 @@ def load_checked(model: nn.Module, checkpoint: str) -> dict:
     return ckpt
 
 
-def resolve_model_type(model_type):
-    """The class a config ``type`` names (``'RepVGG'``, ``'mmdet.RepVGG'`` or a class), or None.
-
-    Looked up in mmdet's and mmseg's model registries, where mmrep registers its models.
-    """
-    if isinstance(model_type, type):
-        return model_type
-    if not isinstance(model_type, str):
+def resolve_type(config_type, registries):
+    """The class a config ``type`` names (``'Name'``, ``'mmdet.Name'`` or a class), or None."""
+    if isinstance(config_type, type):
+        return config_type
+    if not isinstance(config_type, str):
         return None
-    from mmdet.registry import MODELS as MMDET_MODELS
-    from mmseg.registry import MODELS as MMSEG_MODELS
-    for registry in (MMDET_MODELS, MMSEG_MODELS):
-        cls = registry.get(model_type)
+    for registry in registries:
+        cls = registry.get(config_type)
         if cls is not None:
             return cls
     return None
+
+
+def resolve_model_type(model_type):
+    """The model class a config ``type`` names, or None.
+
+    Looked up in mmdet's and mmseg's model registries, where mmrep registers its models.
+    """
+    from mmdet.registry import MODELS as MMDET_MODELS
+    from mmseg.registry import MODELS as MMSEG_MODELS
+    return resolve_type(model_type, (MMDET_MODELS, MMSEG_MODELS))
+
+
+def resolve_hook_type(hook_type):
+    """The hook class a config ``type`` names, or None (mmengine's, mmdet's, mmseg's registries)."""
+    from mmdet.registry import HOOKS as MMDET_HOOKS
+    from mmengine.registry import HOOKS as MMENGINE_HOOKS
+    from mmseg.registry import HOOKS as MMSEG_HOOKS
+    return resolve_type(hook_type, (MMENGINE_HOOKS, MMDET_HOOKS, MMSEG_HOOKS))
 
 
 def is_deployable(model_type) -> bool:
