@@ -389,7 +389,8 @@ def test_stock_mmdet_tools_train_and_test_downstream_config(wheel_install, proje
 
 
 def test_stock_mmseg_tools_train_downstream_config(wheel_install, project):
-    """The page's segmentation command: mmseg's packaged tools/train.py, one iteration."""
+    """The page's segmentation command: mmseg's packaged tools/train.py, one iteration, one
+    validation image."""
     root = project['root']
     command = page_command('MMSEG_TOOLS', r'train\.py configs/camvid')
     done = run_page_command(wheel_install, root, 'MMSEG_TOOLS', command, [
@@ -397,12 +398,14 @@ def test_stock_mmseg_tools_train_downstream_config(wheel_install, project):
         'train_dataloader.batch_size=2', 'train_dataloader.dataset.indices=2',
         'train_dataloader.num_workers=0', 'train_dataloader.persistent_workers=False',
         'val_dataloader.num_workers=0', 'val_dataloader.persistent_workers=False',
+        'val_dataloader.dataset.indices=1', 'val_dataloader.dataset.pipeline.1.scale=(240,180)',
         'train_dataloader.dataset.pipeline.2.scale=(240,180)',
         'train_dataloader.dataset.pipeline.3.crop_size=(128,128)',
         'model.data_preprocessor.size=(128,128)', 'default_hooks.logger.interval=1'])
     output = done.stdout + done.stderr
     assert_quiet(output)
     assert 'Iter(train) [1/1]' in output
+    assert 'mIoU' in output  # the loop validates after its last iteration: mmseg's IoUMetric
     work = osp.join(root, 'work_dirs', 'camvid_upernet_repvgg-a0')
     assert osp.isfile(osp.join(work, 'iter_1.pth'))
     assert osp.isfile(osp.join(work, 'iter_1_fused.pth'))
