@@ -8,7 +8,7 @@ methods build what ``train()`` and ``test()`` build: the train, val and test
 loops with their data loaders, data sets, transforms, samplers, evaluators and
 metrics, the optimizer wrapper and the parameter schedulers. One sample of
 each data set goes through its pipeline. ``model.init_weights()`` runs as in
-``train()``.
+``train()`` where the backbone's ``init_cfg`` names a checkpoint file of the project.
 
 For every built object whose config names a ``type``, the JSON records the
 class built and the class the config's default scope (the host: ``mmdet`` or
@@ -16,6 +16,7 @@ class built and the class the config's default scope (the host: ``mmdet`` or
 built from the right host from one that a lookup elsewhere found.
 """
 import json
+import os.path as osp
 import sys
 from importlib import import_module
 
@@ -97,10 +98,11 @@ def build(config: str, index: int) -> dict:
                                         scheduler_cfgs):
         record(scheduler, scheduler_cfg, 'PARAM_SCHEDULERS', scope, out)
 
-    runner.model.init_weights()  # as Runner.train() does
     init_cfg = cfg.model.backbone.get('init_cfg')
     pretrained_max_diff = None
-    if init_cfg is not None and init_cfg.get('type') == 'Pretrained':
+    # only weights the project holds: a config may name weights on a hub (no network here)
+    if init_cfg and init_cfg.get('type') == 'Pretrained' and osp.isfile(init_cfg['checkpoint']):
+        runner.model.init_weights()  # as Runner.train() does
         loaded = torch.load(init_cfg['checkpoint'], map_location='cpu')['state_dict']
         now = runner.model.backbone.state_dict()
         assert set(loaded) <= set(now), sorted(set(loaded) - set(now))[:5]
