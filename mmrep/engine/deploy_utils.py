@@ -5,8 +5,10 @@ Shared by :class:`RepDeployHook` and ``tools/reparameterize.py``.
 from __future__ import annotations
 
 import copy
+import glob
 import inspect
 import os
+import os.path as osp
 from typing import Optional
 
 import torch
@@ -14,8 +16,10 @@ from mmengine.config import Config
 from mmengine.runner.checkpoint import _load_checkpoint
 from torch import nn
 
+from mmrep.checkpoint import load_checkpoint_file
 from mmrep.models.pretrained import compare_state_dict
-from mmrep.reparam import fused_eval_copy, unwrap_model
+from mmrep.models.unwrap import CheckpointLayoutError, unwrap_state_dict
+from mmrep.reparam import count_unfused, fused_eval_copy, unwrap_model
 from mmrep.version import __version__
 
 # the registered mmrep types that take ``deploy=True`` to build the fused network directly
@@ -26,10 +30,38 @@ class CheckpointMismatchError(RuntimeError):
     """The checkpoint does not belong to the model built from the config."""
 
 
-def _strip_prefix(state: dict) -> dict:
-    if state and all(k.startswith('module.') for k in state):
-        return {k[len('module.'):]: v for k, v in state.items()}
-    return state
+def fused_checkpoint_error(model: nn.Module, checkpoint: dict,
+                           name: str) -> Optional[CheckpointMismatchError]:
+    """The error for a fused checkpoint loaded into a model still in its training form, else None.
+
+    Fused means the checkpoint's meta says so (``fused=True``, written by
+    :func:`save_fused`) or its keys are exactly those of ``model`` fused, and
+    its keys are not the model's. A checkpoint of another head or model
+    (fine-tuning with ``load_from``) is no concern of this check.
+    """
+    model = unwrap_model(model)
+    try:
+        state = unwrap_state_dict(checkpoint, 'saved').state
+    except CheckpointLayoutError:
+        return None  # not a checkpoint of weights: whoever loads it says so
+    expected = set(model.state_dict())
+    if set(state) == expected or count_unfused(model) == 0:
+        return None
+    meta = checkpoint.get('meta') if isinstance(checkpoint.get('meta'), dict) else {}
+    if not meta.get('fused') and set(state) != set(fused_eval_copy(model).state_dict()):
+        return None
+    source = meta.get('source_checkpoint')
+    # save_fused writes <config>_fused.py beside the checkpoint
+    beside = sorted(glob.glob(osp.join(osp.dirname(name), '*_fused.py'))) \
+        if osp.isfile(name) else []
+    fused_cfg = (' (' + ', '.join(beside) + ')') if beside else ''
+    return CheckpointMismatchError(
+        f'{name} is already fused (re-parameterized), but the config builds the training '
+        f'form of the model ({count_unfused(model)} unfused mmrep blocks): its weights do not '
+        'fit, and fusing what loaded would test a half-random network. Use the fused config '
+        f'written next to the fused checkpoint{fused_cfg}, which builds the plain network '
+        "(deploy=True; its text is also in the checkpoint's meta['cfg'])"
+        + (f', or the unfused checkpoint it was made from, {source}' if source else '') + '.')
 
 
 def load_checked(model: nn.Module, checkpoint: str) -> dict:
@@ -39,16 +71,17 @@ def load_checked(model: nn.Module, checkpoint: str) -> dict:
     config instead) from one of another model. Returns the checkpoint dict.
     """
     ckpt = _load_checkpoint(checkpoint, map_location='cpu')
-    state = _strip_prefix(ckpt.get('state_dict', ckpt))
+    try:
+        state = unwrap_state_dict(ckpt, 'saved').state
+    except CheckpointLayoutError as err:
+        raise CheckpointMismatchError(f'{checkpoint}: {err}') from None
     model = unwrap_model(model)
     expected = {k: v.shape for k, v in model.state_dict().items()}
     mismatch = compare_state_dict(expected, state, optional_suffixes=())  # strict: every key
     if mismatch.missing or mismatch.unexpected:
-        fused_keys = set(fused_eval_copy(model).state_dict())
-        if set(state) == fused_keys and fused_keys != set(expected):
-            raise CheckpointMismatchError(
-                f'{checkpoint} is already fused (re-parameterized): it cannot be fused '
-                'again. Build the model with the fused config (deploy=True) to use it.')
+        fused_error = fused_checkpoint_error(model, ckpt, checkpoint)
+        if fused_error is not None:
+            raise fused_error
     if mismatch:
         raise CheckpointMismatchError(
             f'{checkpoint} does not match the model built from the config '
@@ -58,22 +91,35 @@ def load_checked(model: nn.Module, checkpoint: str) -> dict:
     return ckpt
 
 
-def resolve_model_type(model_type):
-    """The class a config ``type`` names (``'RepVGG'``, ``'mmdet.RepVGG'`` or a class), or None.
-
-    Looked up in mmdet's and mmseg's model registries, where mmrep registers its models.
-    """
-    if isinstance(model_type, type):
-        return model_type
-    if not isinstance(model_type, str):
+def resolve_type(config_type, registries):
+    """The class a config ``type`` names (``'Name'``, ``'mmdet.Name'`` or a class), or None."""
+    if isinstance(config_type, type):
+        return config_type
+    if not isinstance(config_type, str):
         return None
-    from mmdet.registry import MODELS as MMDET_MODELS
-    from mmseg.registry import MODELS as MMSEG_MODELS
-    for registry in (MMDET_MODELS, MMSEG_MODELS):
-        cls = registry.get(model_type)
+    for registry in registries:
+        cls = registry.get(config_type)
         if cls is not None:
             return cls
     return None
+
+
+def resolve_model_type(model_type):
+    """The model class a config ``type`` names, or None.
+
+    Looked up in mmdet's and mmseg's model registries, where mmrep registers its models.
+    """
+    from mmdet.registry import MODELS as MMDET_MODELS
+    from mmseg.registry import MODELS as MMSEG_MODELS
+    return resolve_type(model_type, (MMDET_MODELS, MMSEG_MODELS))
+
+
+def resolve_hook_type(hook_type):
+    """The hook class a config ``type`` names, or None (mmengine's, mmdet's, mmseg's registries)."""
+    from mmdet.registry import HOOKS as MMDET_HOOKS
+    from mmengine.registry import HOOKS as MMENGINE_HOOKS
+    from mmseg.registry import HOOKS as MMSEG_HOOKS
+    return resolve_type(hook_type, (MMENGINE_HOOKS, MMDET_HOOKS, MMSEG_HOOKS))
 
 
 def is_deployable(model_type) -> bool:
@@ -126,8 +172,15 @@ def fused_config(cfg: Config, checkpoint: Optional[str] = None) -> Config:
 
 
 def read_meta(checkpoint: str) -> dict:
-    """The ``meta`` dict of a checkpoint file (empty if it has none)."""
-    ckpt = _load_checkpoint(checkpoint, map_location='cpu')
+    """The ``meta`` dict of a checkpoint file (empty if it has none).
+
+    A local file is memory-mapped: its tensors (the weights, the optimizer
+    state) are never read into memory, only the pickle that describes them.
+    """
+    if os.path.isfile(checkpoint):
+        ckpt = load_checkpoint_file(checkpoint, map_location='cpu', mmap=True)
+    else:  # a URL or another mmengine scheme
+        ckpt = _load_checkpoint(checkpoint, map_location='cpu')
     return dict(ckpt.get('meta') or {}) if isinstance(ckpt, dict) else {}
 
 
