@@ -213,6 +213,21 @@ def test_plain_limit_of_a_pure_conv_relu_chain_is_the_same_network():
         assert torch.allclose(limit(), fused(x)[0], atol=1e-5)
 
 
+def test_plain_limit_shares_weights_the_model_shares():
+    conv = nn.Conv2d(4, 4, 3, padding=1)
+
+    class Shared(nn.Module):  # one head applied to three levels, as RetinaNet's
+        def forward(self, xs):
+            return [conv(x) for x in xs]
+    xs = [torch.rand(1, 4, s, s) for s in (16, 8, 4)]
+    limit = PlainLimit(lambda *a: Shared()(list(a)), xs)
+    assert limit.convs == 3
+    assert len({id(s.weight) for s in limit.steps}) == 1
+    assert limit.steps[0].weight is not conv.weight  # a copy, made once
+    limit.to_memory_format(torch.channels_last)
+    assert len({id(s.weight) for s in limit.steps}) == 1
+
+
 def test_plain_limit_refuses_a_model_without_convs():
     with pytest.raises(ValueError, match='no conv2d'):
         PlainLimit(nn.ReLU(), (torch.rand(1, 3, 4, 4),))

@@ -151,10 +151,19 @@ class PlainLimit(nn.Module):
         self.inputs = list(inputs)
         self.feeds: Dict[int, torch.Tensor] = {}
         last_use: Dict[int, int] = {}
+        copies: Dict[int, torch.Tensor] = {}
+
+        def copy_of(tensor):
+            # a copy (the model may change later: channels_last, freed), one per tensor:
+            # a head shared by five pyramid levels keeps one set of weights, as the model does
+            if tensor is None:
+                return None
+            if id(tensor) not in copies:
+                copies[id(tensor)] = tensor.detach().clone()
+            return copies[id(tensor)]
+
         for i, step in enumerate(self.steps):
-            # copies: the model may later change (channels_last, freed)
-            step.weight = step.weight.detach().clone()
-            step.bias = None if step.bias is None else step.bias.detach().clone()
+            step.weight, step.bias = copy_of(step.weight), copy_of(step.bias)
             if step.source is None:
                 feed = torch.rand(step.input_shape, dtype=step.weight.dtype)
                 if step.channels_last:
@@ -178,8 +187,14 @@ class PlainLimit(nn.Module):
 
     def to_memory_format(self, memory_format: torch.memory_format) -> 'PlainLimit':
         """Weights, inputs and feeds in ``memory_format`` (like a model after ``.to()``)."""
+        converted: Dict[int, torch.Tensor] = {}
+
         def convert(t):
-            return t.contiguous(memory_format=memory_format) if t is not None and t.dim() == 4 else t
+            if t is None or t.dim() != 4:
+                return t
+            if id(t) not in converted:  # shared weights stay shared
+                converted[id(t)] = t.contiguous(memory_format=memory_format)
+            return converted[id(t)]
         for step in self.steps:
             step.weight = convert(step.weight)
         self.inputs = [convert(t) for t in self.inputs]
