@@ -16,15 +16,10 @@ See docs/en/user_guides/benchmark.md.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import os.path as osp
 import shlex
 import sys
 from typing import List, Optional, Sequence
-
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Shows each option's default, unless it has none or the help says it already."""
@@ -110,7 +105,7 @@ def parse_args(argv: Optional[Sequence[str]] = None):
 
 def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     args = parse_args(argv)
-    from mmrep.benchmark import models, report, run
+    from mmrep.benchmark import models, run
     specs = dict(models.MODEL_SPECS)
     to_run = [specs[name] for name in args.models]
     if args.config:
@@ -125,42 +120,20 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
                           threads=args.threads, rounds=args.rounds,
                           max_seconds=args.max_seconds, min_sample_ms=args.min_sample_ms,
                           memory=not args.no_memory, peers=not args.no_peers)
-    os.makedirs(args.out, exist_ok=True)
-    json_path = osp.join(args.out, 'benchmark.json')
-    previous = {'rows': [], 'runs': []}
-    if osp.isfile(json_path):
-        if not (args.append or args.overwrite):
-            sys.exit(f'error: {json_path} exists: --append to add to it, --overwrite to '
-                     'replace it, or choose another --out')
-        if args.append:
-            with open(json_path) as f:
-                previous = json.load(f)
-            if not isinstance(previous, dict) or 'rows' not in previous:
-                sys.exit(f'error: {json_path} was written by an older tools/benchmark.py '
-                         '(no per-round samples): write to a new --out')
     command = shlex.join(['python', 'tools/benchmark.py'] + list(sys.argv[1:] if argv is None
                                                                   else argv))
-
-    def save(rows):
-        with open(json_path, 'w') as f:
-            json.dump(dict(runs=previous['runs'] + [dict(record, command=command)],
-                           rows=run.merge_rows(previous['rows'], rows)), f, indent=1)
-
-    record = dict(status='running')  # saved after each group; replaced by the run's record
     from mmrep.engine.deploy_utils import CheckpointMismatchError
     try:
-        rows, record = run.run(to_run, options, specs, on_group=save)
-    except (CheckpointMismatchError, FileNotFoundError) as error:
+        files = run.RunFiles(args.out, command, args.append, args.overwrite)
+        # saved after each model, marked running until the run's record replaces it
+        rows, record = run.run(to_run, options, specs, on_group=lambda rows: files.save(
+            rows, dict(status='running')))
+    except (run.OutputError, CheckpointMismatchError, FileNotFoundError) as error:
         sys.exit(f'error: {error}')
-    save(rows)
-    with open(json_path) as f:
-        rows = json.load(f)['rows']
-    with open(osp.join(args.out, 'benchmark.md'), 'w') as f:
-        f.write(report.markdown(rows))
-    report.plot(rows, osp.join(args.out, 'benchmark.png'))
+    rows = files.finish(rows, record)
     for warning in record['warnings']:
         print(f'WARNING: {warning}')
-    print(f'wrote {json_path}, benchmark.md and benchmark.png in {args.out}')
+    print(f'wrote benchmark.json, benchmark.md and benchmark.png in {args.out}')
     return rows
 
 

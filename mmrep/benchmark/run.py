@@ -8,7 +8,9 @@ row keeps its per-round samples (``samples_ms``) for that.
 from __future__ import annotations
 
 import datetime
+import json
 import os
+import os.path as osp
 import platform
 import shutil
 import statistics
@@ -244,3 +246,53 @@ def run(specs_to_run: Sequence[ModelSpec], options: Options,
     record['load_after'] = [round(v, 2) for v in os.getloadavg()]
     record['warnings'] = list(dict.fromkeys(record['warnings']))
     return rows, record
+
+
+class OutputError(RuntimeError):
+    """The output directory holds a run that would be lost or cannot be added to."""
+
+
+class RunFiles:
+    """``OUT/benchmark.json`` (runs and rows), ``benchmark.md`` and ``benchmark.png``.
+
+    An existing ``benchmark.json`` is never replaced silently: ``append`` adds
+    this run to it (rows of the same model, path, batch, input and threads are
+    replaced), ``overwrite`` replaces it; neither raises :class:`OutputError`.
+    """
+
+    def __init__(self, out_dir: str, command: str, append: bool = False,
+                 overwrite: bool = False):
+        if append and overwrite:
+            raise OutputError('append and overwrite exclude each other')
+        self.out_dir, self.command = out_dir, command
+        self.json_path = osp.join(out_dir, 'benchmark.json')
+        self.previous = dict(runs=[], rows=[])
+        if osp.isfile(self.json_path):
+            if not (append or overwrite):
+                raise OutputError(f'{self.json_path} exists: --append to add to it, '
+                                  '--overwrite to replace it, or choose another --out')
+            if append:
+                with open(self.json_path) as f:
+                    self.previous = json.load(f)
+                if not isinstance(self.previous, dict) or 'rows' not in self.previous:
+                    raise OutputError(f'{self.json_path} was written by an older '
+                                      'tools/benchmark.py (no per-round samples): write to a '
+                                      'new --out')
+        os.makedirs(out_dir, exist_ok=True)
+
+    def save(self, rows: List[dict], record: dict) -> List[dict]:
+        """Write ``benchmark.json`` with this run's rows and record; returns all rows."""
+        rows = merge_rows(self.previous['rows'], rows)
+        with open(self.json_path, 'w') as f:
+            json.dump(dict(runs=self.previous['runs'] + [dict(record, command=self.command)],
+                           rows=rows), f, indent=1)
+        return rows
+
+    def finish(self, rows: List[dict], record: dict) -> List[dict]:
+        """Save, then write the tables and the plot of all rows; returns them."""
+        from . import report
+        rows = self.save(rows, record)
+        with open(osp.join(self.out_dir, 'benchmark.md'), 'w') as f:
+            f.write(report.markdown(rows))
+        report.plot(rows, osp.join(self.out_dir, 'benchmark.png'))
+        return rows
