@@ -38,10 +38,13 @@ OMP_NUM_THREADS=1 "$PY" tools/train.py "$CFG" --work-dir "$WORK/qarepvgg" --cfg-
   "$(cat "$WORK/qarepvgg/last_checkpoint")" data/shapes/val/val_0000.png \
   --work-dir "$WORK/openvino_int8" --backend openvino --precision int8 --eval
 
-# 4. OREPA's training cost (paired, interleaved)
+# 4. the fast path on the two-stage detectors (mmcv's ops NCHW), docs: the fast path section
+"$PY" benchmarks/two_stage_fast_path.py --threads 1 --out "$OUT/two_stage_fast_path.json"
+
+# 5. OREPA's training cost (paired, interleaved)
 "$PY" benchmarks/orepa_training_cost.py --threads 1 --out "$OUT/orepa_training_cost.json"
 
-# 5. the targets, from the files above
+# 6. the targets, from the files above
 "$PY" benchmarks/targets.py --benchmark "$OUT/benchmark.json" \
   --deploy-report "$WORK/openvino_int8/report.json" \
   --orepa-cost "$OUT/orepa_training_cost.json" --out "$OUT/targets.md"
