@@ -3,7 +3,6 @@ test sizes, the plot and the command line. No test here depends on a timing."""
 import json
 import os.path as osp
 import random
-import sys
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import mmrep
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, load_tool
 from mmrep.benchmark import limit as limit_mod
 from mmrep.benchmark import models, report, run, stats, timing
 from mmrep.benchmark.limit import PlainLimit, record
@@ -399,9 +398,7 @@ def test_openvino_target_pairs_the_faster_openvino_path_with_onnxruntime(tmp_pat
 # ---------------------------------------------------------------- the command line
 
 def _tool():
-    sys.path.insert(0, osp.join(REPO_ROOT, 'tools'))
-    import benchmark as tool
-    return tool
+    return load_tool('benchmark')
 
 
 def test_help_shows_defaults_and_no_internal_target_names(capsys):
