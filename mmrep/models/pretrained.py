@@ -20,8 +20,8 @@ import torch
 from mmengine.logging import print_log
 from torch import nn
 
-# A BatchNorm that lacks its step counter loads fine (torch fills it in);
-# the counter does not change the eval-mode output.
+#: Key suffixes a checkpoint may lack. A BatchNorm without its step counter loads
+#: fine (torch fills it in), and the counter does not change the eval-mode output.
 OPTIONAL_SUFFIXES = ('num_batches_tracked',)
 
 
