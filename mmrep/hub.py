@@ -149,10 +149,25 @@ def timm_manual_path(repo_id: str, filename: str = HUB_FILES[0]) -> str:
     return osp.join(weights_dir(), 'timm', repo_id.split('/', 1)[1], filename)
 
 
+_GDRIVE_FILE = re.compile(r'/file/d/([A-Za-z0-9_\-]+)(/view)?/?$')
+
+
+def download_url(url: str) -> str:
+    """The address that serves the file itself: a Google Drive page gives its direct link."""
+    parts = urllib.parse.urlsplit(url)
+    match = _GDRIVE_FILE.match(parts.path) if parts.hostname == 'drive.google.com' else None
+    if match:  # served directly for small files; large ones get a confirmation page
+        return f'https://drive.google.com/uc?export=download&id={match.group(1)}'
+    return url
+
+
 def url_path(url: str) -> str:
     """Where the file of ``url`` is downloaded (and may be placed by hand): one file per URL."""
     parts = urllib.parse.urlsplit(url)
-    segments = [s for s in urllib.parse.unquote(parts.path).split('/') if s]
+    path = urllib.parse.unquote(parts.path)
+    if parts.hostname == 'drive.google.com':
+        path = _GDRIVE_FILE.sub(r'/file/d/\1', path)
+    segments = [s for s in path.split('/') if s]
     if not parts.hostname or not segments or any(s in ('.', '..') for s in segments):
         raise ValueError(f'{url!r} does not name a file')
     host = parts.hostname + (f'_{parts.port}' if parts.port else '')
@@ -318,7 +333,7 @@ def _fetch_url(url: str) -> FetchedFile:
                 path, url)
         return fetched
     try:
-        download(url, path, expected)
+        download(download_url(url), path, expected)
     except DownloadError as error:
         raise WeightsUnavailableError(url, str(error), path, url) from None
     fetched._sha256 = None
@@ -349,10 +364,18 @@ def download(url: str, dst: str, hash_prefix: Optional[str] = None,
                 with urllib.request.urlopen(request, timeout=timeout) as response:
                     length = response.headers.get('Content-Length')
                     expected_size = int(length) if length and length.isdigit() else None
+                    content_type = response.headers.get('Content-Type') or ''
                     for block in iter(lambda: response.read(1 << 20), b''):
+                        if received == 0 and _looks_like_html(block, content_type):
+                            raise DownloadError(
+                                'the server sent a web page, not a checkpoint (a login or '
+                                'confirmation page: Google Drive shows one for large files). '
+                                'Open the address in a browser and save the file itself')
                         out.write(block)
                         digest.update(block)
                         received += len(block)
+            except DownloadError:
+                raise
             except urllib.error.HTTPError as error:
                 raise DownloadError(f'the server answered {error.code} {error.reason}') from None
             except urllib.error.URLError as error:
@@ -375,6 +398,11 @@ def download(url: str, dst: str, hash_prefix: Optional[str] = None,
     _SHA_MEMO[_memo_key(dst)] = sha
     print_log(f'downloaded {received / 1e6:.1f} MB in {time.time() - start:.1f} s', logger='current')
     return dst
+
+
+def _looks_like_html(head: bytes, content_type: str) -> bool:
+    return content_type.split(';')[0].strip() == 'text/html' or \
+        head.lstrip()[:15].lower().startswith((b'<!doctype html', b'<html'))
 
 
 def _memo_key(path: str) -> Tuple[str, int, int]:
