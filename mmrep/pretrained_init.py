@@ -45,26 +45,31 @@ INITIALIZER = 'StrictPretrained'
 # ---------------------------------------------------------------- reading
 
 
-def select_state(checkpoint, name: str, prefix: Optional[str]) -> Tuple[Dict[str, Tensor], dict]:
+def select_state(checkpoint, name: str, prefix: Optional[str],
+                 ema: bool = False) -> Tuple[Dict[str, Tensor], dict]:
     """The backbone weights in a loaded checkpoint, and its ``meta``.
 
     With ``prefix`` (mmengine's meaning, e.g. ``'backbone.'``) the keys under
     it, without it; else the unwrapped weights (``state_dict`` / ``model``,
-    DDP ``module.``, a whole model's ``backbone.``).
+    DDP ``module.``, a whole model's ``backbone.``). ``ema``: the EMA weights
+    (``state_dict_ema``, ...), e.g. those the official RepGhostNet accuracies are of.
     """
+    from mmrep.converters.common import EMA_WRAPPERS, WRAPPERS, unwrap_checkpoint
     if not isinstance(checkpoint, Mapping):
         raise PretrainedMismatchError(f'{name} holds a {type(checkpoint).__name__}, not a '
                                       'state dict')
     meta = dict(checkpoint['meta']) if isinstance(checkpoint.get('meta'), Mapping) else {}
     if not prefix:
-        from mmrep.converters.common import unwrap_checkpoint
         try:
-            state, _, _ = unwrap_checkpoint(checkpoint)
+            state, _, _ = unwrap_checkpoint(checkpoint, ema=ema)
         except ConversionError as error:
             raise PretrainedMismatchError(f'{name}: {error}') from None
         return state, meta
-    state = next((checkpoint[w] for w in ('state_dict', 'model')
-                  if isinstance(checkpoint.get(w), Mapping)), checkpoint)
+    wrappers = EMA_WRAPPERS if ema else WRAPPERS
+    state = next((checkpoint[w] for w in wrappers if isinstance(checkpoint.get(w), Mapping)),
+                 None if ema else checkpoint)
+    if state is None:
+        raise PretrainedMismatchError(f'{name} has no EMA weights ({" or ".join(EMA_WRAPPERS)})')
     state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
     prefix = prefix if prefix.endswith('.') else prefix + '.'
     inner = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
@@ -74,7 +79,7 @@ def select_state(checkpoint, name: str, prefix: Optional[str]) -> Tuple[Dict[str
     return inner, meta
 
 
-def _peek_file(path: str, name: str, prefix: Optional[str]):
+def _peek_file(path: str, name: str, prefix: Optional[str], ema: bool):
     """Keys, shapes (meta tensors) and meta of a local file without reading its tensors.
 
     None when that is not possible (a legacy, non-zip checkpoint): the
@@ -84,14 +89,14 @@ def _peek_file(path: str, name: str, prefix: Optional[str]):
         from safetensors import safe_open
         with safe_open(path, 'pt') as f:
             state = {k: torch.empty(f.get_slice(k).get_shape(), device='meta') for k in f.keys()}
-        return select_state(state, name, prefix)
+        return select_state(state, name, prefix, ema)
     from mmrep.compat import MMENGINE_CHECKPOINT_TYPES
     try:
         with torch.serialization.safe_globals(MMENGINE_CHECKPOINT_TYPES):
             checkpoint = torch.load(path, map_location='cpu', mmap=True, weights_only=True)
     except Exception:  # noqa: BLE001  (not a zip checkpoint, or refused: the load says why)
         return None
-    state, meta = select_state(checkpoint, name, prefix)
+    state, meta = select_state(checkpoint, name, prefix, ema)
     return meta_state(state), meta
 
 
@@ -173,8 +178,8 @@ def _fetch(module: nn.Module, name: str) -> Optional[hub.FetchedFile]:
         raise error.with_convert_command(_convert_command(module, name, source)) from None
 
 
-def pretrained_state(module: nn.Module, name: str,
-                     prefix: Optional[str] = None) -> Tuple[Dict[str, Tensor], List[str]]:
+def pretrained_state(module: nn.Module, name: str, prefix: Optional[str] = None,
+                     ema: bool = False) -> Tuple[Dict[str, Tensor], List[str]]:
     """The weights NAME gives ``module``, in its keys, and hints for a refusal.
 
     Downloads, converts and caches as needed (module docstring). Raises
@@ -184,9 +189,9 @@ def pretrained_state(module: nn.Module, name: str,
     fetched = _fetch(module, name)
     if fetched is None:  # torchvision://, open-mmlab://, ...: mmengine's loaders
         checkpoint = CheckpointLoader.load_checkpoint(name, map_location='cpu', logger='current')
-        state, meta = select_state(checkpoint, name, prefix)
+        state, meta = select_state(checkpoint, name, prefix, ema)
         return _to_module_layout(module, state, meta, name, prefix, None)
-    cached = auto.cache_path(fetched.converted_dir, fetched.sha256, prefix)
+    cached = auto.cache_path(fetched.converted_dir, fetched.sha256, prefix, ema)
     if osp.isfile(cached):
         checkpoint = load_source(cached)
         detection = auto.read_cache_meta(checkpoint.get('meta') or {})
@@ -194,7 +199,7 @@ def pretrained_state(module: nn.Module, name: str,
             print_log(f'{name}: using its conversion {cached}', logger='current')
             check_detection(module, detection, name, 'converted before')
             return dict(checkpoint['state_dict']), [f'It holds {detection.describe()} weights.']
-    state, meta = select_state(load_source(fetched.path), name, prefix)
+    state, meta = select_state(load_source(fetched.path), name, prefix, ema)
     return _to_module_layout(module, state, meta, name, prefix, (fetched, cached))
 
 
@@ -221,7 +226,8 @@ def _to_module_layout(module, state, meta, name, prefix, cache) -> Tuple[Dict[st
     return conversion.state_dict, [f'It holds {detection.describe()} weights.']
 
 
-def check_at_build(module: nn.Module, name: str, prefix: Optional[str] = None) -> None:
+def check_at_build(module: nn.Module, name: str, prefix: Optional[str] = None,
+                   ema: bool = False) -> None:
     """What can be refused when the backbone is built: no network, no tensor data read."""
     if name.startswith(hub.TIMM_SCHEME):
         try:
@@ -235,7 +241,7 @@ def check_at_build(module: nn.Module, name: str, prefix: Optional[str] = None) -
     fetched = hub.peek(name)
     if fetched is None:  # not here yet (or a scheme of mmengine's): checked when loaded
         return
-    peeked = _peek_file(fetched.path, name, prefix)
+    peeked = _peek_file(fetched.path, name, prefix, ema)
     if peeked is None:
         return
     state, meta = peeked
@@ -259,16 +265,23 @@ class StrictPretrainedInit(PretrainedInit):
 
     :meth:`RepBackbone.init_weights <mmrep.models.backbones.base.RepBackbone.init_weights>`
     uses it for an ``init_cfg`` of ``type='Pretrained'`` (module docstring).
+    ``ema=True`` takes a checkpoint's EMA weights (``state_dict_ema``, ...).
     """
+
+    def __init__(self, checkpoint: str, prefix: Optional[str] = None, map_location='cpu',
+                 ema: bool = False):
+        super().__init__(checkpoint, prefix=prefix, map_location=map_location)
+        self.ema = ema
 
     def check(self, module: nn.Module) -> None:
         """Refuse at build time what is wrong without looking further (no network)."""
-        check_at_build(module, self.checkpoint, self.prefix)
+        check_at_build(module, self.checkpoint, self.prefix, self.ema)
 
     def __call__(self, module: nn.Module) -> None:
         print_log(f'load {self.prefix + " in " if self.prefix else ""}{type(module).__name__} '
-                  f'from {self.checkpoint}', logger='current')
-        state, hints = pretrained_state(module, self.checkpoint, self.prefix)
+                  f'from {self.checkpoint}{" (EMA weights)" if self.ema else ""}',
+                  logger='current')
+        state, hints = pretrained_state(module, self.checkpoint, self.prefix, self.ema)
         load_state_strict(module, state, self.checkpoint, hints)
         if hasattr(module, '_params_init_info'):
             update_init_info(module, init_info=self._get_init_info())
@@ -287,6 +300,6 @@ def prepare_pretrained(model: nn.Module) -> int:
         cfg = get_cfg() if callable(get_cfg) else None
         if cfg is None:
             continue
-        pretrained_state(module, cfg['checkpoint'], cfg.get('prefix'))
+        pretrained_state(module, cfg['checkpoint'], cfg.get('prefix'), cfg.get('ema', False))
         count += 1
     return count

@@ -188,15 +188,21 @@ def test_deploy_form_url_loads_into_the_fused_backbone(file_server):
 
 
 def test_official_repghost_release_gives_the_same_features(file_server, timm_ghost):
-    """RepGhost's GitHub releases: ``state_dict`` (+ ``state_dict_ema``) in the official keys."""
+    """RepGhost's GitHub releases: ``state_dict`` and ``state_dict_ema`` in the official keys;
+    the published accuracies are the EMA weights', which ``ema=True`` takes."""
     model, expected = timm_ghost
     state = model.state_dict()
+    raw = {k: v * 0.5 if v.is_floating_point() else v for k, v in state.items()}
     url = file_server.add('/ChengpengChen/RepGhost/releases/download/RepGhost/'
                           'repghostnet_0_5x_43M_66.95.pth.tar',
-                          to_bytes({'state_dict': state, 'state_dict_ema': state, 'epoch': 300}))
-    ours = loaded(RepGhostNet, url, widen_factor=0.5)
+                          to_bytes({'state_dict': raw, 'state_dict_ema': state, 'epoch': 300}))
+    ours = RepGhostNet(0.5, init_cfg=dict(type='Pretrained', checkpoint=url, ema=True))
+    ours.init_weights()
     with torch.no_grad():
-        assert_same_features(expected, ours(image()))
+        assert_same_features(expected, ours.eval()(image()))
+    # without ema: the raw weights (converted and cached apart from the EMA ones)
+    raw_model = loaded(RepGhostNet, url, widen_factor=0.5)
+    assert torch.equal(raw_model.stem.conv.weight, raw['conv_stem.weight'])
 
 
 def test_local_file_of_a_foreign_layout_converts_on_the_fly(tmp_path, timm_a0):

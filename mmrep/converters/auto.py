@@ -112,9 +112,11 @@ def convert_detected(state: Mapping[str, Tensor], detection: Detection) -> Conve
 # ---------------------------------------------------------------- the cache
 
 
-def cache_path(converted_dir: str, source_sha256: str, prefix: Optional[str]) -> str:
-    """The cached conversion of a source file: its sha256, the prefix taken, the converter version."""
-    part = f'-{prefix.strip(".")}' if prefix else ''
+def cache_path(converted_dir: str, source_sha256: str, prefix: Optional[str],
+               ema: bool = False) -> str:
+    """The cached conversion of a source file: its sha256, what was taken of it (prefix, EMA
+    weights), the converter version."""
+    part = (f'-{prefix.strip(".")}' if prefix else '') + ('-ema' if ema else '')
     return osp.join(converted_dir, f'{source_sha256[:16]}{part}-c{CONVERTER_VERSION}.pth')
 
 
