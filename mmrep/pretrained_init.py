@@ -34,10 +34,11 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from torch import Tensor, nn
 
 from mmrep import hub
-from mmrep.converters import load_source
-from mmrep.converters import auto
-from mmrep.converters.common import ConversionError, Detection, fits_exactly, meta_state
+from mmrep.checkpoint import load_checkpoint_file
+from mmrep.converters import auto, load_source
+from mmrep.converters.common import Detection, fits_exactly, meta_state
 from mmrep.models.pretrained import PretrainedMismatchError, load_state_strict, optional_prefixes
+from mmrep.models.unwrap import CheckpointLayoutError, unwrap_state_dict
 
 INITIALIZER = 'StrictPretrained'
 
@@ -49,53 +50,45 @@ def select_state(checkpoint, name: str, prefix: Optional[str],
                  ema: bool = False) -> Tuple[Dict[str, Tensor], dict]:
     """The backbone weights in a loaded checkpoint, and its ``meta``.
 
-    With ``prefix`` (mmengine's meaning, e.g. ``'backbone.'``) the keys under
-    it, without it; else the unwrapped weights (``state_dict`` / ``model``,
-    DDP ``module.``, a whole model's ``backbone.``). ``ema``: the EMA weights
-    (``state_dict_ema``, ...), e.g. those the official RepGhostNet accuracies are of.
+    Unwrapped by :func:`~mmrep.models.unwrap.unwrap_state_dict`: the weights
+    mmengine would load (``state_dict``, else ``model``), or with ``ema`` the
+    EMA weights (e.g. those the official RepGhostNet accuracies are of);
+    without a DDP ``module.`` prefix; with ``prefix`` (``'backbone'``) only
+    the keys under it, and without one a whole model's ``backbone.`` keys.
     """
-    from mmrep.converters.common import EMA_WRAPPERS, WRAPPERS, unwrap_checkpoint
-    if not isinstance(checkpoint, Mapping):
-        raise PretrainedMismatchError(f'{name} holds a {type(checkpoint).__name__}, not a '
-                                      'state dict')
-    meta = dict(checkpoint['meta']) if isinstance(checkpoint.get('meta'), Mapping) else {}
-    if not prefix:
-        try:
-            state, _, _ = unwrap_checkpoint(checkpoint, ema=ema)
-        except ConversionError as error:
-            raise PretrainedMismatchError(f'{name}: {error}') from None
-        return state, meta
-    wrappers = EMA_WRAPPERS if ema else WRAPPERS
-    state = next((checkpoint[w] for w in wrappers if isinstance(checkpoint.get(w), Mapping)),
-                 None if ema else checkpoint)
-    if state is None:
-        raise PretrainedMismatchError(f'{name} has no EMA weights ({" or ".join(EMA_WRAPPERS)})')
-    state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
-    prefix = prefix if prefix.endswith('.') else prefix + '.'
-    inner = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    if not inner:
-        raise PretrainedMismatchError(f'no key of {name} starts with prefix {prefix!r} '
-                                      f'(first keys: {", ".join(list(state)[:5])})')
-    return inner, meta
+    try:
+        state = unwrap_state_dict(checkpoint, 'ema' if ema else 'saved', prefix or 'backbone',
+                                  prefix_required=bool(prefix)).state
+    except CheckpointLayoutError as error:
+        raise PretrainedMismatchError(f'{name}: {error}') from None
+    meta = checkpoint.get('meta') if isinstance(checkpoint.get('meta'), Mapping) else {}
+    return state, dict(meta)
+
+
+def read_state_dict(checkpoint: str, prefix: Optional[str] = None,
+                    ema: bool = False) -> Tuple[Dict[str, Tensor], dict]:
+    """The weights a ``Pretrained`` init_cfg naming ``checkpoint`` finds there, and the meta.
+
+    No conversion: the file's own keys (``pretrained_state`` converts).
+    """
+    fetched = hub.fetch(checkpoint)
+    loaded = (load_source(fetched.path) if fetched is not None else
+              CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu', logger='current'))
+    return select_state(loaded, checkpoint, prefix, ema)
 
 
 def _peek_file(path: str, name: str, prefix: Optional[str], ema: bool):
     """Keys, shapes (meta tensors) and meta of a local file without reading its tensors.
 
-    None when that is not possible (a legacy, non-zip checkpoint): the
-    checks then run when the weights are loaded.
+    The safe loader maps the tensors' storage (``mmap``) and only the pickle is
+    read; a legacy (non-zip) checkpoint is read whole, once more when loaded.
     """
     if path.endswith('.safetensors'):
         from safetensors import safe_open
         with safe_open(path, 'pt') as f:
             state = {k: torch.empty(f.get_slice(k).get_shape(), device='meta') for k in f.keys()}
         return select_state(state, name, prefix, ema)
-    from mmrep.compat import MMENGINE_CHECKPOINT_TYPES
-    try:
-        with torch.serialization.safe_globals(MMENGINE_CHECKPOINT_TYPES):
-            checkpoint = torch.load(path, map_location='cpu', mmap=True, weights_only=True)
-    except Exception:  # noqa: BLE001  (not a zip checkpoint, or refused: the load says why)
-        return None
+    checkpoint = load_checkpoint_file(path, map_location='cpu', mmap=True, name=name)
     state, meta = select_state(checkpoint, name, prefix, ema)
     return meta_state(state), meta
 
@@ -241,10 +234,7 @@ def check_at_build(module: nn.Module, name: str, prefix: Optional[str] = None,
     fetched = hub.peek(name)
     if fetched is None:  # not here yet (or a scheme of mmengine's): checked when loaded
         return
-    peeked = _peek_file(fetched.path, name, prefix, ema)
-    if peeked is None:
-        return
-    state, meta = peeked
+    state, meta = _peek_file(fetched.path, name, prefix, ema)
     if _fits(module, state):
         return
     described = _meta_detection(meta)
