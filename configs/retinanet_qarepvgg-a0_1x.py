@@ -3,4 +3,7 @@
 # RepVGG-A0; deploy it to INT8 with tools/deploy.py ... --int8.
 _base_ = './retinanet_repvgg-a0_1x.py'
 
-model = dict(backbone=dict(quant_friendly=True))
+# No ImageNet weights: neither the QARepVGG paper, timm nor mmpretrain publishes any, and
+# RepVGG-A0's do not fit these blocks (no BN on the 1x1 and identity branches, one after
+# the sum). So this config, unlike its base, starts from random weights.
+model = dict(backbone=dict(quant_friendly=True, init_cfg=None))

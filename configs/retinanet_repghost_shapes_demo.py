@@ -10,6 +10,8 @@ image_scale = (192, 192)
 max_iters = 400
 
 model = dict(
+    # from scratch, offline (the base names ImageNet weights on the Hugging Face hub)
+    backbone=dict(init_cfg=None),
     data_preprocessor=dict(pad_size_divisor=32),
     neck=dict(out_channels=64),
     bbox_head=dict(num_classes=3, in_channels=64, feat_channels=64, stacked_convs=2))

@@ -65,16 +65,18 @@ class WeightsUnavailableError(RuntimeError):
     """
 
     def __init__(self, name: str, reason: str, manual_path: Optional[str] = None,
-                 source_url: Optional[str] = None, convert_command: Optional[str] = None):
+                 source_url: Optional[str] = None, convert_command: Optional[str] = None,
+                 converted: str = 'OUT.pth'):
         self.name, self.reason = name, reason
         self.manual_path, self.source_url = manual_path, source_url
-        self.convert_command = convert_command
+        self.convert_command, self.converted = convert_command, converted
         super().__init__(self._message())
 
-    def with_convert_command(self, command: str) -> 'WeightsUnavailableError':
-        """The same error, advising ``command`` (``tools/convert_weights.py ...``)."""
+    def with_convert_command(self, command: str, converted: str) -> 'WeightsUnavailableError':
+        """The same error, advising ``command`` (``tools/convert_weights.py ...``) that writes
+        ``converted``."""
         return WeightsUnavailableError(self.name, self.reason, self.manual_path, self.source_url,
-                                       command)
+                                       command, converted)
 
     def _message(self) -> str:
         lines = [f'cannot get the pretrained weights {self.name}: {self.reason}.',
@@ -87,7 +89,8 @@ class WeightsUnavailableError(RuntimeError):
         command = self.convert_command or ('python tools/convert_weights.py FILE OUT.pth '
                                            '--from {official,timm,mmpretrain} --arch ARCH')
         lines.append(f'  - convert a downloaded copy yourself:\n      {command}\n'
-                     '    and train with --cfg-options model.backbone.init_cfg.checkpoint=OUT.pth, or')
+                     '    and train with --cfg-options '
+                     f'model.backbone.init_cfg.checkpoint={self.converted}, or')
         lines.append('  - train from scratch: --cfg-options model.backbone.init_cfg=None')
         return '\n'.join(lines)
 
@@ -98,8 +101,6 @@ class FetchedFile:
     name: str                      # as the config names it
     path: str                      # the local file
     converted_dir: str             # conversions of it are cached here
-    source_hint: Optional[str] = None   # layout suggested by the name ('timm', 'mmpretrain')
-    timm_model: Optional[str] = None    # 'repvgg_a0' for timm://repvgg_a0.rvgg_in1k
     _sha256: Optional[str] = field(default=None, repr=False)
 
     @property
@@ -200,59 +201,48 @@ def sha256_of(path: str) -> str:
 # ---------------------------------------------------------------- fetching
 
 
-def is_remote(name: str) -> bool:
-    return name.startswith((TIMM_SCHEME,) + URL_SCHEMES)
-
-
-def fetch(name: str) -> Optional[FetchedFile]:
+def fetch(name: str, download: bool = True) -> Optional[FetchedFile]:
     """The local file behind ``name``, downloading it if needed.
 
     None for names of other schemes (``torchvision://``, ``open-mmlab://``,
-    ...), which mmengine's own loaders resolve. Raises
+    ...), which mmengine's own loaders resolve, and with ``download=False``
+    (no network access) for a file that is not here yet. Raises
     :class:`WeightsUnavailableError` when the file cannot be had.
     """
     if name.startswith(TIMM_SCHEME):
-        return _fetch_timm(name)
+        _, repo_id = parse_timm_name(name)
+        found = _timm_local(name, repo_id)
+        return found if found is not None or not download else _fetch_timm(name, repo_id)
     if name.startswith(URL_SCHEMES):
-        return _fetch_url(name)
+        try:
+            path = url_path(name)
+        except ValueError as error:
+            raise WeightsUnavailableError(name, str(error)) from None
+        if not download:  # no network, and no hashing of a big file either: fetch checks it
+            return FetchedFile(name, path, osp.join(osp.dirname(path), CONVERTED_DIR)) \
+                if osp.isfile(path) else None
+        return _fetch_url(name, path)
     if re.match(r'[A-Za-z][A-Za-z0-9+.\-]*://', name):
         return None
     path = osp.abspath(osp.expanduser(name))
     if not osp.isfile(path):
+        if not download:
+            return None
         raise WeightsUnavailableError(name, f'the file {path} does not exist')
     return FetchedFile(name, path, osp.join(weights_dir(), CONVERTED_DIR))
 
 
-def peek(name: str) -> Optional[FetchedFile]:
-    """:func:`fetch` without network access: the file if it is already here, else None."""
-    if name.startswith(TIMM_SCHEME):
-        _, repo_id = parse_timm_name(name)
-        found = _timm_local(name, repo_id)
-        return found
-    if name.startswith(URL_SCHEMES):
-        path = url_path(name)
-        return FetchedFile(name, path, osp.join(osp.dirname(path), CONVERTED_DIR),
-                           _url_source_hint(name)) if osp.isfile(path) else None
-    if re.match(r'[A-Za-z][A-Za-z0-9+.\-]*://', name):
-        return None
-    path = osp.abspath(osp.expanduser(name))
-    return FetchedFile(name, path, osp.join(weights_dir(), CONVERTED_DIR)) \
-        if osp.isfile(path) else None
-
-
 def _timm_local(name: str, repo_id: str) -> Optional[FetchedFile]:
     """A file placed by hand, else one in the Hugging Face cache; no network access."""
-    model = repo_id.split('/', 1)[1].split('.')[0]
     for filename in HUB_FILES:
         manual = timm_manual_path(repo_id, filename)
         if osp.isfile(manual):
-            return FetchedFile(name, manual, osp.join(osp.dirname(manual), CONVERTED_DIR),
-                               'timm', model)
+            return FetchedFile(name, manual, osp.join(osp.dirname(manual), CONVERTED_DIR))
     from huggingface_hub import try_to_load_from_cache
     for filename in HUB_FILES:
         cached = try_to_load_from_cache(repo_id, filename, cache_dir=hf_cache_dir())
         if isinstance(cached, str) and osp.isfile(cached):
-            return FetchedFile(name, cached, _hf_converted_dir(repo_id), 'timm', model)
+            return FetchedFile(name, cached, _hf_converted_dir(repo_id))
     return None
 
 
@@ -261,11 +251,7 @@ def _hf_converted_dir(repo_id: str) -> str:
     return osp.join(hf_cache_dir(), 'models--' + repo_id.replace('/', '--'), CONVERTED_DIR)
 
 
-def _fetch_timm(name: str) -> FetchedFile:
-    model, repo_id = parse_timm_name(name)
-    local = _timm_local(name, repo_id)
-    if local is not None:
-        return local
+def _fetch_timm(name: str, repo_id: str) -> FetchedFile:
     endpoint = hf_endpoint()
     url = f'{endpoint}/{repo_id}/resolve/main/{HUB_FILES[0]}'
     unavailable = lambda reason: WeightsUnavailableError(  # noqa: E731
@@ -297,7 +283,7 @@ def _fetch_timm(name: str) -> FetchedFile:
         except Exception as error:  # noqa: BLE001  (huggingface_hub removes its partial file)
             raise unavailable(f'the download of {repo_id}/{filename} from {endpoint} failed '
                               f'({type(error).__name__}: {_first_line(error)})') from None
-        fetched = FetchedFile(name, path, _hf_converted_dir(repo_id), 'timm', model)
+        fetched = FetchedFile(name, path, _hf_converted_dir(repo_id))
         _check_hub_blob(fetched, unavailable)
         return fetched
     raise AssertionError('unreachable')
@@ -312,18 +298,20 @@ def _check_hub_blob(fetched: FetchedFile, unavailable) -> None:
                           'download: delete it and retry)')
 
 
-def _url_source_hint(url: str) -> Optional[str]:
-    host = urllib.parse.urlsplit(url).hostname or ''
-    return 'mmpretrain' if host == 'download.openmmlab.com' else None
+def source_hint(name: str) -> Optional[str]:
+    """The layout a name suggests: timm's hub, mmpretrain's downloads, the projects' own pages."""
+    if name.startswith(TIMM_SCHEME):
+        return 'timm'
+    host = urllib.parse.urlsplit(name).hostname or '' if name.startswith(URL_SCHEMES) else ''
+    if host == 'download.openmmlab.com':
+        return 'mmpretrain'
+    if host in ('github.com', 'drive.google.com'):
+        return 'official'
+    return None
 
 
-def _fetch_url(url: str) -> FetchedFile:
-    try:
-        path = url_path(url)
-    except ValueError as error:
-        raise WeightsUnavailableError(url, str(error)) from None
-    fetched = FetchedFile(url, path, osp.join(osp.dirname(path), CONVERTED_DIR),
-                          _url_source_hint(url))
+def _fetch_url(url: str, path: str) -> FetchedFile:
+    fetched = FetchedFile(url, path, osp.join(osp.dirname(path), CONVERTED_DIR))
     expected = hash_prefix_of(path)
     if osp.isfile(path):
         if expected and not fetched.sha256.startswith(expected):

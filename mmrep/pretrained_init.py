@@ -150,14 +150,19 @@ def _refusal_hints(module: nn.Module, state: Mapping[str, Tensor], meta: Mapping
     return hints
 
 
-def _convert_command(module: nn.Module, name: str, source_hint: Optional[str]) -> str:
+def _convert_command(module: nn.Module, name: str) -> Tuple[str, str]:
+    """The ``tools/convert_weights.py`` command for the file NAME names, and the file it writes."""
     arch = auto.arch_of(module) or 'ARCH'
-    source = source_hint or ('timm' if name.startswith(hub.TIMM_SCHEME) else
-                             '{official,timm,mmpretrain}')
-    filename = osp.basename(name.split('?')[0]) if not name.startswith(hub.TIMM_SCHEME) \
-        else hub.HUB_FILES[0]
-    return (f'python tools/convert_weights.py {filename} {arch}.pth --from {source} '
-            f'--arch {arch}')
+    source = hub.source_hint(name) or '{official,timm,mmpretrain}'
+    if name.startswith(hub.TIMM_SCHEME):
+        filename = hub.HUB_FILES[0]
+    elif name.startswith(hub.URL_SCHEMES):
+        filename = osp.basename(hub.url_path(name))
+    else:
+        filename = name
+    out = f'{arch}.pth'
+    return (f'python tools/convert_weights.py {filename} {out} --from {source} '
+            f'--arch {arch}'), out
 
 
 # ---------------------------------------------------------------- the pipeline
@@ -167,8 +172,7 @@ def _fetch(module: nn.Module, name: str) -> Optional[hub.FetchedFile]:
     try:
         return hub.fetch(name)
     except hub.WeightsUnavailableError as error:
-        source = 'mmpretrain' if 'download.openmmlab.com' in name else None
-        raise error.with_convert_command(_convert_command(module, name, source)) from None
+        raise error.with_convert_command(*_convert_command(module, name)) from None
 
 
 def pretrained_state(module: nn.Module, name: str, prefix: Optional[str] = None,
@@ -231,7 +235,7 @@ def check_at_build(module: nn.Module, name: str, prefix: Optional[str] = None,
         if known is not None:
             check_detection(module, Detection(known[0], 'timm', known[1], False), name,
                             'from the timm model name')
-    fetched = hub.peek(name)
+    fetched = hub.fetch(name, download=False)
     if fetched is None:  # not here yet (or a scheme of mmengine's): checked when loaded
         return
     state, meta = _peek_file(fetched.path, name, prefix, ema)

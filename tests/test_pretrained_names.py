@@ -440,3 +440,53 @@ def test_prepare_pretrained_fetches_and_converts_before_init(hub_server, timm_a0
     backbone.init_weights()
     with torch.no_grad():
         assert_same_features(expected, backbone.eval()(image()))
+
+
+# ---------------------------------------------------------------- tools/train.py, as users run it
+
+
+def run_train(config, cwd, env_update, *args):
+    import subprocess
+    import sys
+    from conftest import REPO_ROOT
+    env = dict(os.environ, **env_update)
+    return subprocess.run([sys.executable, osp.join(REPO_ROOT, 'tools', 'train.py'), str(config),
+                           *args], capture_output=True, text=True, cwd=str(cwd), env=env,
+                          timeout=900)
+
+
+def test_train_shipped_config_without_the_hub_stops_with_the_point_4_error(tmp_path):
+    """Issue 18, done when: tools/train.py configs/retinanet_repghost_1x.py with no route
+    to the hub stops with one clear error, before the data sets are built."""
+    from conftest import REPO_ROOT
+    done = run_train(osp.join(REPO_ROOT, 'configs', 'retinanet_repghost_1x.py'), tmp_path,
+                     {'HF_ENDPOINT': closed_port_url()}, '--work-dir', str(tmp_path / 'work'))
+    assert done.returncode == 1, done.stderr[-3000:]
+    last = done.stderr[done.stderr.index('train.py: WeightsUnavailableError'):]
+    assert 'timm://repghostnet_100.in1k' in last and 'is not reachable' in last
+    assert 'weights/timm/repghostnet_100.in1k/model.safetensors' in last
+    assert '--from timm --arch repghostnet-1.0x' in last
+    assert '--cfg-options model.backbone.init_cfg=None' in last
+    assert 'Traceback' not in done.stderr and 'instances_train2017' not in done.stderr
+
+
+def test_train_starts_from_the_named_timm_weights(hub_server, tmp_path, isolated_caches):
+    """The same route with a hub: tools/train.py downloads, converts and trains from them."""
+    from test_training_runs import shapes_cfg
+    from mmrep.datasets.shapes import make_shapes_dataset
+    served = randomized(timm.create_model('repghostnet_100'), seed=41).state_dict()
+    hub_server.add('timm/repghostnet_100.in1k', 'model.safetensors', save_safetensors(served))
+    root = str(tmp_path / 'shapes')
+    make_shapes_dataset(root, num_train=4, num_val=2, size=64)
+    cfg = shapes_cfg(root + '/', tmp_path / 'work', max_iters=1)
+    cfg.model.backbone.init_cfg = dict(type='Pretrained', checkpoint='timm://repghostnet_100.in1k')
+    cfg.dump(str(tmp_path / 'cfg.py'))
+    done = run_train(tmp_path / 'cfg.py', tmp_path, {'HF_ENDPOINT': hub_server.url})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert ('GET', '/timm/repghostnet_100.in1k/resolve/main/model.safetensors') \
+        in hub_server.requests
+    trained = torch.load(tmp_path / 'work' / 'iter_1.pth', map_location='cpu',
+                         weights_only=False)['state_dict']
+    # one small SGD step from the served weights (random init would be far off)
+    start, after = served['conv_stem.weight'], trained['backbone.stem.conv.weight']
+    assert (after - start).abs().max() < 0.05 * start.abs().max()

@@ -154,7 +154,8 @@ val_evaluator = dict(ann_file=data_root + 'annotations/instances_train2017.json'
 test_evaluator = val_evaluator
 train_cfg = dict(max_epochs=1, val_interval=2)  # 2 iterations, no validation
 default_hooks = dict(logger=dict(interval=1))
-model = dict(test_cfg=dict(score_thr=0.0))  # random weights: keep boxes
+# random weights, offline (the base names ImageNet weights on the hub): keep boxes
+model = dict(backbone=dict(init_cfg=None), test_cfg=dict(score_thr=0.0))
 '''
 
 

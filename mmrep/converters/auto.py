@@ -43,8 +43,8 @@ from torch import Tensor, nn
 
 from mmrep.converters.common import Conversion, Detection, detect_mmrep_layout, match_arch
 
-# Bump when any family's conversion gives other tensors for the same input:
-# cached conversions of older versions are then ignored (and made anew).
+#: Bumped when any family's conversion gives other tensors for the same input:
+#: cached conversions of older versions are then ignored (and made anew).
 CONVERTER_VERSION = 1
 _FORMAT = 'mmrep-converted'
 
