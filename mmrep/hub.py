@@ -129,10 +129,12 @@ def hf_cache_dir() -> str:
 
 
 def hf_endpoint() -> str:
+    """``$HF_ENDPOINT`` (a hub mirror), else the Hugging Face hub, read now."""
     return (os.environ.get('HF_ENDPOINT') or DEFAULT_ENDPOINT).rstrip('/')
 
 
 def hf_offline() -> bool:
+    """Is ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) set to a true value, now?"""
     value = os.environ.get('HF_HUB_OFFLINE') or os.environ.get('TRANSFORMERS_OFFLINE') or ''
     return value.strip().upper() in ('1', 'ON', 'YES', 'TRUE')
 
@@ -147,6 +149,7 @@ def parse_timm_name(name: str) -> Tuple[str, str]:
 
 
 def timm_manual_path(repo_id: str, filename: str = HUB_FILES[0]) -> str:
+    """Where a hub file placed by hand is found: ``<weights dir>/timm/<model>.<tag>/<file>``."""
     return osp.join(weights_dir(), 'timm', repo_id.split('/', 1)[1], filename)
 
 

@@ -97,6 +97,7 @@ def _peek_file(path: str, name: str, prefix: Optional[str], ema: bool):
 
 
 def describe_backbone(module: nn.Module, arch: Optional[str] = None) -> str:
+    """``'RepVGG repvgg-a0 (training form)'``: class, arch (or custom) and form, for messages."""
     arch = arch if arch is not None else auto.arch_of(module)
     form = 'deploy' if getattr(module, 'deploy', False) else 'training'
     return f'{type(module).__name__} {arch or "of a custom arch"} ({form} form)'

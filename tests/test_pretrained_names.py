@@ -455,15 +455,20 @@ def run_train(config, cwd, env_update, *args):
                           timeout=900)
 
 
-def test_train_shipped_config_without_the_hub_stops_with_the_point_4_error(tmp_path):
+@pytest.mark.parametrize('offline', ['no route to the hub', 'HF_HUB_OFFLINE=1'])
+def test_train_shipped_config_without_the_hub_stops_with_the_point_4_error(offline, tmp_path):
     """Issue 18, done when: tools/train.py configs/retinanet_repghost_1x.py with no route
     to the hub stops with one clear error, before the data sets are built."""
     from conftest import REPO_ROOT
-    done = run_train(osp.join(REPO_ROOT, 'configs', 'retinanet_repghost_1x.py'), tmp_path,
-                     {'HF_ENDPOINT': closed_port_url()}, '--work-dir', str(tmp_path / 'work'))
+    env = ({'HF_ENDPOINT': closed_port_url()} if offline == 'no route to the hub'
+           else {'HF_HUB_OFFLINE': '1'})
+    done = run_train(osp.join(REPO_ROOT, 'configs', 'retinanet_repghost_1x.py'), tmp_path, env,
+                     '--work-dir', str(tmp_path / 'work'))
     assert done.returncode == 1, done.stderr[-3000:]
     last = done.stderr[done.stderr.index('train.py: WeightsUnavailableError'):]
-    assert 'timm://repghostnet_100.in1k' in last and 'is not reachable' in last
+    assert 'timm://repghostnet_100.in1k' in last
+    assert ('is not reachable' if offline == 'no route to the hub' else
+            'HF_HUB_OFFLINE is set') in last
     assert 'weights/timm/repghostnet_100.in1k/model.safetensors' in last
     assert '--from timm --arch repghostnet-1.0x' in last
     assert '--cfg-options model.backbone.init_cfg=None' in last

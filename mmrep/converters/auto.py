@@ -3,9 +3,10 @@
 :func:`detect` finds what a state dict holds from its keys and shapes alone:
 first mmrep's own keys of some family's arch, then each family's
 ``detect(state) -> Detection | None`` (see below). :func:`arch_of` names the
-arch of a built backbone the same way. :func:`converted_state` converts a
-detected state and caches the result, keyed by the source file's sha256 and
-:data:`CONVERTER_VERSION`, so that the next run converts nothing.
+arch of a built backbone the same way. :func:`convert_detected` converts a
+detected state; :func:`write_cache` stores the result at :func:`cache_path`,
+named by the source file's sha256 and :data:`CONVERTER_VERSION`, so that the
+next run converts nothing (:mod:`mmrep.pretrained_init` does both).
 
 The family interface
 --------------------
@@ -50,11 +51,13 @@ _FORMAT = 'mmrep-converted'
 
 
 def family_modules() -> List[ModuleType]:
+    """Every converter family module (:data:`mmrep.converters.FAMILY_MODULES`), imported."""
     from mmrep.converters import FAMILY_MODULES, _family_module
     return [_family_module(key) for key in FAMILY_MODULES]
 
 
 def family_by_name(family: str) -> ModuleType:
+    """The family module whose ``FAMILY`` is ``family``."""
     for module in family_modules():
         if module.FAMILY == family:
             return module
@@ -148,6 +151,7 @@ def compact(tensor: Tensor) -> Tensor:
 
 def write_cache(path: str, conversion: Conversion, detection: Detection, source_name: str,
                 source_sha256: str) -> None:
+    """Save a conversion at ``path`` (temporary name, then rename) with what it holds in its meta."""
     from mmrep.version import __version__
     meta = dict(format=_FORMAT, family=detection.family, source=detection.source,
                 arch=detection.arch, deploy=conversion.deploy, converted_from=source_name,

@@ -37,6 +37,7 @@ class Conversion(NamedTuple):
 
 
 def first_keys(keys: Iterable[str], limit: int = 5) -> str:
+    """The first ``limit`` keys, comma-separated, with ``...`` if there are more."""
     keys = list(keys)
     return ', '.join(keys[:limit]) + (', ...' if len(keys) > limit else '')
 
