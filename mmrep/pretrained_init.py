@@ -37,7 +37,8 @@ from mmrep import hub
 from mmrep.checkpoint import load_checkpoint_file
 from mmrep.converters import auto, load_source
 from mmrep.converters.common import Detection, fits_exactly, meta_state
-from mmrep.models.pretrained import PretrainedMismatchError, load_state_strict, optional_prefixes
+from mmrep.models.pretrained import (PretrainedMismatchError, load_state_strict,
+                                     optional_prefixes, refuse_mismatch)
 from mmrep.models.unwrap import CheckpointLayoutError, unwrap_state_dict
 
 INITIALIZER = 'StrictPretrained'
@@ -135,20 +136,40 @@ def _fits(module: nn.Module, state: Mapping[str, Tensor]) -> bool:
     return fits_exactly(expected, state, optional_prefixes(module))
 
 
-def _refusal_hints(module: nn.Module, state: Mapping[str, Tensor], meta: Mapping,
-                   detection: Optional[Detection], prefix: Optional[str]) -> List[str]:
-    hints = []
+def _what_it_holds(state: Mapping[str, Tensor], detection: Optional[Detection]) -> str:
     if detection is not None:
-        hints.append(f'It holds {detection.describe()} weights.')
-    else:
-        from mmrep.converters import FAMILY_MODULES
-        hints.append('Its layout is none that mmrep converts (the official, timm and mmpretrain '
-                     f'layouts of {", ".join(FAMILY_MODULES)}; first keys: '
-                     f'{", ".join(list(state)[:3])}).')
-    if not prefix and any(k.startswith('backbone.') for k in state):
-        hints.append("It has 'backbone.' keys (a whole-model checkpoint?): add "
-                     "prefix='backbone' to the init_cfg.")
-    return hints
+        return f'It holds {detection.describe()} weights.'
+    from mmrep.converters import FAMILY_MODULES
+    return ('Its layout is none that mmrep converts (the official, timm and mmpretrain layouts '
+            f'of {", ".join(FAMILY_MODULES)}; first keys: {", ".join(list(state)[:3])}).')
+
+
+def identify(module: nn.Module, state: Mapping[str, Tensor], meta: Mapping,
+             name: str) -> Optional[Detection]:
+    """None if ``state`` fits ``module`` as it is; else the detected layout to convert from.
+
+    Raises :class:`~mmrep.models.pretrained.PretrainedMismatchError` for weights of
+    another family, arch or form (as the file's meta or its keys and shapes say),
+    and for a layout no family converts, naming the keys. Reads shapes only.
+    """
+    if _fits(module, state):
+        return None
+    described = _meta_detection(meta)
+    if described is not None:  # an mmrep checkpoint, converted for some arch: its meta says which
+        check_detection(module, described, name, 'its meta')
+    detection = auto.detect(state)
+    if detection is not None:
+        check_detection(module, detection, name, 'found from its keys and shapes')
+    if detection is None or detection.source == 'mmrep':  # nothing to convert: it does not fit
+        refuse_mismatch(module, _without_surplus(module, state), name,
+                        [_what_it_holds(state, detection)])
+    return detection
+
+
+def _without_surplus(module: nn.Module, state: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    expected = module.state_dict()
+    optional = optional_prefixes(module)
+    return {k: v for k, v in state.items() if k in expected or not k.startswith(optional)}
 
 
 def _convert_command(module: nn.Module, name: str) -> Tuple[str, str]:
@@ -188,7 +209,7 @@ def pretrained_state(module: nn.Module, name: str, prefix: Optional[str] = None,
     if fetched is None:  # torchvision://, open-mmlab://, ...: mmengine's loaders
         checkpoint = CheckpointLoader.load_checkpoint(name, map_location='cpu', logger='current')
         state, meta = select_state(checkpoint, name, prefix, ema)
-        return _to_module_layout(module, state, meta, name, prefix, None)
+        return _to_module_layout(module, state, meta, name, None)
     cached = auto.cache_path(fetched.converted_dir, fetched.sha256, prefix, ema)
     if osp.isfile(cached):
         checkpoint = load_source(cached)
@@ -196,23 +217,15 @@ def pretrained_state(module: nn.Module, name: str, prefix: Optional[str] = None,
         if detection is not None:
             print_log(f'{name}: using its conversion {cached}', logger='current')
             check_detection(module, detection, name, 'converted before')
-            return dict(checkpoint['state_dict']), [f'It holds {detection.describe()} weights.']
+            return dict(checkpoint['state_dict']), [_what_it_holds({}, detection)]
     state, meta = select_state(load_source(fetched.path), name, prefix, ema)
-    return _to_module_layout(module, state, meta, name, prefix, (fetched, cached))
+    return _to_module_layout(module, state, meta, name, (fetched, cached))
 
 
-def _to_module_layout(module, state, meta, name, prefix, cache) -> Tuple[Dict[str, Tensor], list]:
-    if _fits(module, state):
+def _to_module_layout(module, state, meta, name, cache) -> Tuple[Dict[str, Tensor], list]:
+    detection = identify(module, state, meta, name)
+    if detection is None:
         return state, []
-    described = _meta_detection(meta)
-    if described is not None:  # an mmrep checkpoint, converted for some arch: its meta says which
-        check_detection(module, described, name, 'its meta')
-    detection = auto.detect(state)
-    if detection is None or detection.source == 'mmrep':
-        if detection is not None:
-            check_detection(module, detection, name, 'found from its keys and shapes')
-        return state, _refusal_hints(module, state, meta, detection, prefix)
-    check_detection(module, detection, name, 'found from its keys and shapes')
     conversion = auto.convert_detected(state, detection)
     print_log(f'{name}: converted {detection.describe()} weights to mmrep keys'
               + (f' ({len(conversion.dropped)} keys of the classifier and constant buffers '
@@ -221,7 +234,7 @@ def _to_module_layout(module, state, meta, name, prefix, cache) -> Tuple[Dict[st
         fetched, path = cache
         auto.write_cache(path, conversion, detection, name, fetched.sha256)
         print_log(f'{name}: conversion cached in {path}', logger='current')
-    return conversion.state_dict, [f'It holds {detection.describe()} weights.']
+    return conversion.state_dict, [_what_it_holds(state, detection)]
 
 
 def check_at_build(module: nn.Module, name: str, prefix: Optional[str] = None,
@@ -239,19 +252,7 @@ def check_at_build(module: nn.Module, name: str, prefix: Optional[str] = None,
     fetched = hub.fetch(name, download=False)
     if fetched is None:  # not here yet (or a scheme of mmengine's): checked when loaded
         return
-    state, meta = _peek_file(fetched.path, name, prefix, ema)
-    if _fits(module, state):
-        return
-    described = _meta_detection(meta)
-    if described is not None:
-        check_detection(module, described, name, 'its meta')
-    detection = auto.detect(state)
-    if detection is not None:
-        check_detection(module, detection, name, 'found from its keys and shapes')
-    if detection is None or detection.source == 'mmrep':
-        # the load would refuse it: say so now, naming the keys
-        load_state_strict(module, state, name,
-                          _refusal_hints(module, state, meta, detection, prefix))
+    identify(module, *_peek_file(fetched.path, name, prefix, ema), name)
 
 
 @WEIGHT_INITIALIZERS.register_module(name=INITIALIZER)

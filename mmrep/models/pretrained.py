@@ -89,6 +89,18 @@ def _owners(module: nn.Module, keys: Sequence[str], prefixes: Sequence[str]) -> 
     return owners
 
 
+def refuse_mismatch(module: nn.Module, state: Mapping[str, torch.Tensor], checkpoint: str,
+                    hints: Sequence[str] = ()) -> None:
+    """Raise :class:`PretrainedMismatchError` naming the keys if ``state`` does not cover
+    ``module`` (optional layers may be missing; surplus ones must be removed first)."""
+    expected = {k: v.shape for k, v in module.state_dict().items()}
+    mismatch = compare_state_dict(expected, state, optional_prefixes(module))
+    if mismatch:
+        raise PretrainedMismatchError(
+            f'{type(module).__name__}: the Pretrained checkpoint {checkpoint} does not fit '
+            f'this backbone: {mismatch.describe()}.' + ''.join(' ' + h for h in hints))
+
+
 def load_state_strict(module: nn.Module, state: Mapping[str, torch.Tensor], checkpoint: str,
                       hints: Sequence[str] = ()) -> None:
     """Load ``state`` into ``module`` if it covers it exactly, else raise naming the keys.
@@ -108,11 +120,7 @@ def load_state_strict(module: nn.Module, state: Mapping[str, torch.Tensor], chec
     optional = optional_prefixes(module)
     surplus = sorted(k for k in state if k not in expected and k.startswith(optional))
     state = {k: v for k, v in state.items() if k not in surplus}
-    mismatch = compare_state_dict(expected, state, optional)
-    if mismatch:
-        raise PretrainedMismatchError(
-            f'{type(module).__name__}: the Pretrained checkpoint {checkpoint} does not fit '
-            f'this backbone: {mismatch.describe()}.' + ''.join(' ' + h for h in hints))
+    refuse_mismatch(module, state, checkpoint, hints)
     fresh = sorted(k for k in expected if k not in state and k.startswith(optional)
                    and not k.endswith(OPTIONAL_SUFFIXES))
     owners = _owners(module, fresh, optional)
