@@ -495,3 +495,23 @@ def test_train_starts_from_the_named_timm_weights(hub_server, tmp_path, isolated
     # one small SGD step from the served weights (random init would be far off)
     start, after = served['conv_stem.weight'], trained['backbone.stem.conv.weight']
     assert (after - start).abs().max() < 0.05 * start.abs().max()
+
+
+# ---------------------------------------------------------------- the detection interface
+
+
+def test_every_family_provides_a_detector_and_every_arch_is_told_apart():
+    """Each converter family module has ``detect``; every ARCHS backbone (both forms, built on
+    the meta device) is detected as itself from its keys and shapes, and arch_of names it."""
+    from mmrep.converters import FAMILY_MODULES, _family_module
+    from mmrep.converters.common import build_backbone
+    for key in FAMILY_MODULES:
+        family = _family_module(key)
+        assert callable(getattr(family, 'detect', None)), f'{family.__name__} has no detect()'
+        for arch, cfg in family.ARCHS.items():
+            for deploy in (False, True):
+                model = build_backbone(dict(cfg, deploy=deploy))
+                found = auto.detect(model.state_dict())
+                assert found == (family.FAMILY, 'mmrep', arch, deploy), (arch, deploy, found)
+                assert auto.arch_of(model) == arch
+    assert auto.detect({'fc.weight': torch.empty(2, 2)}) is None
