@@ -121,8 +121,9 @@ def weights_dir() -> str:
 
 def hf_cache_dir() -> str:
     """The Hugging Face hub cache, as ``huggingface_hub`` computes it, from the environment now."""
-    if os.environ.get('HF_HUB_CACHE'):
-        return osp.expanduser(os.environ['HF_HUB_CACHE'])
+    hub_cache = os.environ.get('HF_HUB_CACHE') or os.environ.get('HUGGINGFACE_HUB_CACHE')
+    if hub_cache:
+        return osp.expanduser(hub_cache)
     home = os.environ.get('HF_HOME') or osp.join(
         os.environ.get('XDG_CACHE_HOME') or osp.join('~', '.cache'), 'huggingface')
     return osp.join(osp.expanduser(home), 'hub')

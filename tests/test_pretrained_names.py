@@ -51,6 +51,7 @@ def isolated_caches(tmp_path, monkeypatch):
     monkeypatch.setenv('MMREP_WEIGHTS_DIR', str(tmp_path / 'weights'))
     monkeypatch.setenv('HF_HOME', str(tmp_path / 'hf'))
     monkeypatch.delenv('HF_HUB_CACHE', raising=False)
+    monkeypatch.delenv('HUGGINGFACE_HUB_CACHE', raising=False)
     monkeypatch.delenv('HF_HUB_OFFLINE', raising=False)
     monkeypatch.delenv('TRANSFORMERS_OFFLINE', raising=False)
     monkeypatch.setenv('HF_ENDPOINT', closed_port_url())
