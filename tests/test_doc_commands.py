@@ -51,6 +51,8 @@ RUN_BY = {
     r'\.venv/bin/python tools/benchmark\.py ': [
         'tests/test_benchmark_tool.py::test_users_config_and_checkpoint_timed_fused_and_unfused',
         'tests/test_benchmark_tool.py::test_append_replaces_rows_of_the_same_setting_and_keeps_the_others'],
+    r'HF_HUB_OFFLINE=1 \.venv/bin/python tools/train\.py configs/retinanet_repghost_1x\.py$': [
+        'tests/test_pretrained_names.py::test_train_shipped_config_without_the_hub_stops_with_the_point_4_error'],
     r'\.venv/bin/python tools/deploy\.py .*--int8': [
         'tests/test_int8.py::test_int8_end_to_end_report',
         'tests/test_deploy_configs.py::test_upernet_int8_with_miou'],
