@@ -23,7 +23,7 @@ import torch
 from . import timing
 from .memory import memory_isolated
 from .models import MODEL_SPECS, WHOLE_MODEL_KINDS, Case, ModelSpec, build_case, get_spec
-from .runtimes import ALL_PATHS, PEER_PATHS, PathBuilder, Runner, build_runners
+from .runtimes import ALL_PATHS, PEER_PATHS, PathBuilder, PathRunner, build_runners
 from .stats import median_interval
 
 DEFAULT_THREADS = 1
@@ -145,7 +145,7 @@ def run_group(spec: ModelSpec, batch: int, options: Options, work_dir: str,
         base = _row_base(member, batch, options.threads, group)
         for path, runner in build_runners(builder, paths).items():
             row = dict(base, path=path)
-            if isinstance(runner, Runner):
+            if isinstance(runner, PathRunner):
                 row.update(runner.info)
                 runners[(member.spec.name, path)] = (runner, row, builder)
             else:

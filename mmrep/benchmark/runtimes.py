@@ -48,7 +48,7 @@ INT8_CALIBRATION_SAMPLES = 4
 
 
 @dataclass
-class Runner:
+class PathRunner:
     """One path of one model: ``call()`` runs one inference."""
     call: Callable[[], Any]
     info: Dict[str, Any] = field(default_factory=dict)  # goes into the row
@@ -223,45 +223,45 @@ class PathBuilder:
         return backend.OpenVINOModel(quantized, None, self.threads, quantized=True)
 
     # ---- runners
-    def runner(self, path: str) -> Runner:
+    def runner(self, path: str) -> PathRunner:
         """The runner of ``path``; :class:`PathError` when it cannot run for this model."""
         inputs = self.case.inputs
         if path == 'unfused':
             if self.case.already_fused:
                 raise PathError('the checkpoint is fused: there is no unfused model')
             model = self.case.model
-            return Runner(lambda: model(*inputs), dict(params_m=_params_m(model)))
+            return PathRunner(lambda: model(*inputs), dict(params_m=_params_m(model)))
         if path in ('fused', 'fused_channels_last'):
             model = self.fused()
             info = self._fused_info()
             if path == 'fused_channels_last':
                 from mmrep.engine.fast_path import apply_memory_format
                 model = apply_memory_format(self._copy(model), 'channels_last')
-            return Runner(lambda: model(*inputs), info)
+            return PathRunner(lambda: model(*inputs), info)
         if path in ('plain_limit', 'plain_limit_channels_last'):
             model = self.fused()
             if path == 'plain_limit_channels_last':
                 from mmrep.engine.fast_path import apply_memory_format
                 model = apply_memory_format(self._copy(model), 'channels_last')
             limit = PlainLimit(model, inputs)
-            return Runner(limit, dict(convs=limit.convs,
+            return PathRunner(limit, dict(convs=limit.convs,
                                       activations=sum(limit.activations().values())))
         if path in ONNXRUNTIME_PATHS:
             from mmrep.deploy.quantize import cpu_session
             onnx_path = self.onnx() if path == 'onnxruntime' else self.onnx_int8()
             session = cpu_session(onnx_path, self.threads)
             feeds = onnx_feeds(onnx_path, inputs)
-            return Runner(lambda: session.run(None, feeds))
+            return PathRunner(lambda: session.run(None, feeds))
         if path in OPENVINO_PATHS:
             model = self._openvino_model(path)
             feeds = onnx_feeds(self.onnx(), inputs)
-            return Runner(lambda: model(feeds), dict(
+            return PathRunner(lambda: model(feeds), dict(
                 precision=model.precision, inference_precision=model.inference_precision))
         raise ValueError(f'unknown path {path!r}; choose from {ALL_PATHS}')
 
 
 def build_runners(builder: PathBuilder, paths: Sequence[str]) -> Dict[str, Any]:
-    """``{path: Runner or error message}`` (a path that cannot run does not stop the others)."""
+    """``{path: PathRunner or error message}``: a path that cannot run does not stop others."""
     runners: Dict[str, Any] = {}
     for path in paths:
         try:
