@@ -72,7 +72,8 @@ def openvino_vs_onnxruntime(rows: List[dict]) -> List[dict]:
 
 def openvino_int8_accuracy(report_path: Optional[str], max_drop: float = 1.0) -> List[dict]:
     """#19: the QARepVGG-A0 RetinaNet's OpenVINO INT8 mAP within 1.0 point of its fp32 mAP
-    on held-out shapes images (``tools/deploy.py ... --backend openvino --precision int8 --eval``)."""
+    on held-out shapes images (``tools/deploy.py ... --backend openvino --precision int8
+    --eval``)."""
     target = 'QARepVGG-A0 RetinaNet: OpenVINO INT8 bbox mAP within 1.0 point of fp32 (held out)'
     if not report_path or not osp.isfile(report_path):
         return [_line(target, f'no deploy report ({report_path})', NOT_MEASURED)]

@@ -53,7 +53,7 @@ class ModelSpec:
     name: str
     kind: str
     model: Optional[dict] = None        # backbone: its registry dict (mmdet's MODELS)
-    config: Optional[str] = None        # neck / whole model: 'mmrep::configs/x.py', 'mmdet::...', a file
+    config: Optional[str] = None        # neck / whole model: 'mmrep::configs/x.py', a file
     changes: Optional[dict] = None      # merged into the config's ``model``
     cfg_options: Optional[dict] = None  # merged into the config (``--cfg-options``)
     checkpoint: Optional[str] = None
