@@ -61,15 +61,15 @@ def load_checked(model: nn.Module, checkpoint: str) -> dict:
 def resolve_model_type(model_type):
     """The class a config ``type`` names (``'RepVGG'``, ``'mmdet.RepVGG'`` or a class), or None.
 
-    Looked up in mmdet's and mmseg's model registries, where mmrep registers its models.
+    Looked up in the model registries of the installed codebases (mmdet, mmseg), where mmrep
+    registers its models.
     """
     if isinstance(model_type, type):
         return model_type
     if not isinstance(model_type, str):
         return None
-    from mmdet.registry import MODELS as MMDET_MODELS
-    from mmseg.registry import MODELS as MMSEG_MODELS
-    for registry in (MMDET_MODELS, MMSEG_MODELS):
+    from mmrep.registry import codebase_registries
+    for _, registry in codebase_registries('MODELS'):
         cls = registry.get(model_type)
         if cls is not None:
             return cls
@@ -86,9 +86,8 @@ def is_deployable(model_type) -> bool:
 
 def registered_name(cls: type):
     """``'mmdet.Name'`` / ``'mmseg.Name'`` for a class registered under its name, else the class."""
-    from mmdet.registry import MODELS as MMDET_MODELS
-    from mmseg.registry import MODELS as MMSEG_MODELS
-    for scope, registry in (('mmdet', MMDET_MODELS), ('mmseg', MMSEG_MODELS)):
+    from mmrep.registry import codebase_registries
+    for scope, registry in codebase_registries('MODELS'):
         if registry.get(cls.__name__) is cls:
             return f'{scope}.{cls.__name__}'
     return cls
