@@ -57,6 +57,7 @@ import torch
 from torch import nn
 
 import mmrep
+from mmrep import compat
 from mmrep.deploy.quantize import cpu_session, quantize_onnx
 from mmrep.deploy.rewriters import exact_adaptive_avg_pool2d
 from mmrep.engine.fast_path import apply_memory_format, rule_memory_format
@@ -258,7 +259,7 @@ def export_onnx(module: nn.Module, inputs: tuple, path: str) -> str:
                 setattr(parent, name, _AdaptiveAvgPoolAsMatMul(child.output_size))
     with torch.no_grad():
         torch.onnx.export(module, inputs, path, opset_version=17, input_names=names,
-                          do_constant_folding=True, dynamo=False)
+                          do_constant_folding=True, **compat.torchscript_onnx_export_kwargs())
     return path
 
 
