@@ -25,19 +25,19 @@ COMPAT_TESTS = (
     'test_repghostnet.py::test_bottleneck_fuses_exactly',
     'test_repghostnet.py::test_every_width_fuses_exactly_without_any_bn_left',
     'test_orepa.py::test_block_fusion_is_exact_idempotent_and_loads_into_deploy',
-    'test_orepa.py::test_full_resnet_fuses_exactly_on_non_square_input',
+    'test_orepa.py::test_full_resnet_fuses_exactly_on_non_square_input[18]',
     'test_replknet.py::test_large_kernel_conv_fuses_exactly',
-    'test_replknet.py::test_full_arch_builds_and_fuses_exactly',
+    'test_replknet.py::test_full_arch_builds_and_fuses_exactly[31B-channels0-kernels0-128]',
     'test_rep_pafpn.py::test_repconvn_fuses_exactly',
     'test_rep_pafpn.py::test_retinanet_setting_strides_8_to_128_and_fuses_exactly',
     'test_quant_friendly.py::test_arch_fuses_exactly',
     'test_review_fixes.py::test_low_precision_model_fuses_in_float32',
-    # layer 3-4: registries, every config, one RetinaNet iteration on coco128, the deploy hook
+    # layer 3-4: registries, every config, one RetinaNet iteration on coco128 (trained, the
+    # deploy hook writes the fused model, which predicts like the trained one), stock tools
     'test_openmmlab_glue.py::test_models_and_hook_registered_for_mmdet_and_mmseg',
     'test_configs_more.py::test_config_parses_and_builds',
     'test_config_bases.py::test_base_resolves_through_the_mmrep_scope',
     'test_detection_e2e.py::test_one_iteration_learns_and_hook_writes_fused',
-    'test_detection_e2e.py::test_coco_eval_unfused_equals_fused_and_hook_fuses_before_test',
     'test_detection_e2e.py::test_fused_config_and_checkpoint_predict_like_trained_model',
     'test_fast_path.py::test_channels_last_keeps_depthwise_outputs',
     'test_stock_tools.py::test_stock_mmdet_tools_train_and_test_downstream_config',
@@ -54,7 +54,8 @@ COMPAT_TESTS = (
     'test_export.py::test_retinanet_repghost_static_export',
     'test_export.py::test_repvgg_fcn_segmentation_export',
     'test_export.py::test_mask_rcnn_repvgg_instance_export',
-    'test_mmdeploy_fusion.py::test_mmdeploy_torch2onnx_fuses_whole_model',
+    'test_mmdeploy_fusion.py::test_mmdeploy_torch2onnx_fuses_whole_model'
+    '[retinanet_repghost_reppafpn_1x.py]',
     # the stack itself: versions, extras, installing changes nothing
     'test_stack.py',
     'test_setup_env.py',
