@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make demo   - set up .venv, then train, evaluate, fuse, re-evaluate and export on built-in data
 #   make test   - set up .venv, then run the test suite
+#   make docs   - build the documentation into docs/_build/html (warnings are errors, nitpicky)
 # and one checks the oldest supported stack:
 #   make test-compat - set up the 'classic' stack (Python 3.10, torch 2.1.2) in .venv-classic,
 #                      then run the compat subset of the tests there (pytest -m compat)
@@ -10,7 +11,7 @@ SETUP_DEPS := scripts/setup_env.sh scripts/mmcv_wheel.sh requirements.txt setup.
 CLASSIC := .venv-classic
 CLASSIC_STAMP := $(CLASSIC)/.mmrep-installed
 
-.PHONY: demo test test-compat setup setup-classic benchmark
+.PHONY: demo test test-compat setup setup-classic benchmark docs
 
 $(STAMP): $(SETUP_DEPS) requirements/current.txt
 	bash scripts/setup_env.sh
@@ -35,3 +36,7 @@ test-compat: $(CLASSIC_STAMP)
 
 benchmark: $(STAMP)
 	$(PY) tools/benchmark.py --out benchmarks
+
+# -E -a: a fresh build every time, so that no warning hides in a cached page
+docs: $(STAMP)
+	$(PY) -m sphinx -W --keep-going -n -E -a -b html -d docs/_build/doctrees docs/en docs/_build/html

@@ -68,9 +68,15 @@ setup(
     extras_require={
         **extras,
         'all': sorted({line for lines in extras.values() for line in lines}),
-        'deploy': ['mmdeploy>=1.3.1,<1.4.0', 'onnx>=1.13', 'onnxruntime>=1.16', 'ml_dtypes'],
+        # mmcv is not installed by pip, as in mmdet's and mmseg's own setup.py: its ops must be
+        # built for the user's torch (mim, OpenMMLab's wheels, or scripts/setup_env.sh);
+        # `import mmrep` checks it
+        'mim': version['requirement_lines'](version['MIM_REQUIRES']),
+        'deploy': ['mmdeploy>=1.3.1,<1.4.0', 'onnx>=1.13', 'onnxruntime>=1.16', 'ml_dtypes',
+                   'openvino>=2026.4.1', 'nncf>=3.4.0'],
         'benchmark': ['matplotlib', 'ml_dtypes'],
         'tests': ['pytest', 'hypothesis', 'timm>=1.0.31', 'mmpretrain>=1.2.0,<1.3.0'],
+        'docs': ['sphinx>=9.0.4', 'myst-parser>=5.2.0', 'furo', 'sphinx-mathjax-offline'],
     },
     license='Apache-2.0',
     zip_safe=False,

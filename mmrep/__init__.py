@@ -11,7 +11,8 @@ from .version import __version__, check_installed_stack
 check_installed_stack()
 
 from .reparam import count_unfused, reparameterize_model  # noqa: E402
-from . import compat  # noqa: F401,E402  (mmengine checkpoints under torch>=2.6)
+from . import compat  # noqa: F401,E402  (version differences)
+from . import checkpoint  # noqa: F401,E402  (every mmengine checkpoint scheme loads safely)
 from . import config_scope  # noqa: F401,E402  (_base_ = 'mmrep::configs/...')
 from .config_scope import config_path  # noqa: E402
 from . import registry  # noqa: F401,E402

@@ -18,18 +18,21 @@ __version__ = '0.1.0'
 
 PYTHON_REQUIRES = '>=3.9,<3.13'
 
-# distribution -> range. torch has no upper bound: a bound would make pip
-# replace the torch of a user's environment (and with it their mmcv build); a
-# torch newer than any measured stack only warns (NEWEST_MEASURED).
+# distribution -> range (install_requires). torch has no upper bound: a bound
+# would make pip replace the torch of a user's environment (and with it their
+# mmcv build); a torch newer than any measured stack only warns (NEWEST_MEASURED).
 RUNTIME_REQUIRES = {
     'torch': '>=2.1',
     'torchvision': '>=0.16',
     'mmengine': '>=0.10.0,<1.0.0',
-    # mmdet 3.3 and mmseg 1.2 refuse mmcv>=2.2 themselves
-    'mmcv': '>=2.0.0,<2.2.0',
     'numpy': '',
     'packaging': '',
 }
+
+# Checked at import but not installed by pip (the `mim` extra, as mmdet and mmseg
+# declare it): mmcv's compiled ops must be built for the installed torch.
+# mmdet 3.3 and mmseg 1.2 refuse mmcv>=2.2 themselves.
+MIM_REQUIRES = {'mmcv': '>=2.0.0,<2.2.0'}
 
 # extra -> {distribution: range}. mmseg imports ftfy and regex without declaring them.
 CODEBASE_EXTRAS = {
@@ -92,16 +95,13 @@ def stack_problems(versions: dict) -> list:
             return True
 
     problems = []
-    for name, spec in RUNTIME_REQUIRES.items():
+    for name, spec in {**RUNTIME_REQUIRES, **MIM_REQUIRES}.items():
         if not spec:
             continue
         if versions.get(name) is None:
-            if name == 'mmcv' and versions.get('mmcv-lite'):
-                problems.append(f'mmcv-lite {versions["mmcv-lite"]} is installed, which has no '
-                                f'compiled ops (mmdet and mmseg need them): install mmcv{spec} '
-                                'in its place (scripts/setup_env.sh builds it)')
-            else:
-                problems.append(f'{name} is not installed; mmrep needs {name}{spec}')
+            problems.append(f'{name} is not installed; mmrep needs {name}{spec}'
+                            + (' with its compiled ops (mim install "mmcv>=2.0.0,<2.2.0", or '
+                               'scripts/setup_env.sh builds it)' if name == 'mmcv' else ''))
         elif outside(name, spec):
             problems.append(f'{name} {versions[name]} is installed; mmrep supports {name}{spec}')
     for extra, table in CODEBASE_EXTRAS.items():
@@ -119,15 +119,21 @@ def check_installed_stack() -> None:
     environment variable ``MMREP_SKIP_VERSION_CHECK=1`` turns the error into a warning.
     """
     import warnings
-    names = set(RUNTIME_REQUIRES) | {'mmcv-lite'}
+    names = set(RUNTIME_REQUIRES) | set(MIM_REQUIRES) | {'mmcv-lite'}
     for table in CODEBASE_EXTRAS.values():
         names |= set(table)
     versions = {name: installed_version(name) for name in names - {'mmcv'}}
-    # mmcv-lite installs the module mmcv too, without the ops
-    versions['mmcv'] = installed_version('mmcv', import_fallback=versions['mmcv-lite'] is None)
+    # mmcv-lite is the same package without the compiled ops (and installs the module mmcv)
+    versions['mmcv'] = (installed_version('mmcv', import_fallback=False) or versions['mmcv-lite']
+                        or installed_version('mmcv'))
+    if versions['mmcv-lite'] and not installed_version('mmcv', import_fallback=False):
+        warnings.warn(f'mmcv-lite {versions["mmcv-lite"]} has no compiled ops: building and '
+                      'fusing models works, but detectors need mmcv\'s ops to test (NMS, '
+                      'RoIAlign); install mmcv in its place (scripts/setup_env.sh builds it)')
     problems = stack_problems(versions)
     if problems:
-        supported = ', '.join(f'{name}{spec}' for name, spec in RUNTIME_REQUIRES.items() if spec)
+        supported = ', '.join(f'{name}{spec}' for name, spec in
+                              {**RUNTIME_REQUIRES, **MIM_REQUIRES}.items() if spec)
         codebases = ', '.join(f'{name}{spec}' for table in CODEBASE_EXTRAS.values()
                               for name, spec in table.items() if spec)
         message = (f'mmrep {__version__} does not support the installed packages:\n  - '

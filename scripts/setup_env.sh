@@ -5,8 +5,9 @@
 #   MMREP_STACK=classic MMREP_VENV=.venv-classic bash scripts/setup_env.sh # another stack, its own venv
 #
 # A stack is a lock file, requirements/<stack>.txt: the exact versions measured to work together
-# (pip constraints), with its Python (`# python: X.Y`) and how mmcv is built for its torch
-# (`# mmcv-cxx-std:`) in its header. requirements.txt says what the development venv holds.
+# (pip constraints), with its Python (`# python: X.Y`), how mmcv is built for its torch
+# (`# mmcv-cxx-std:`) and the extras of mmrep it installs (`# extras:`) in its header.
+# requirements.txt adds development tools.
 # mmcv is built once per Python, torch and variant into a wheel cache outside the repo
 # (MMREP_WHEEL_CACHE, default ~/.cache/mmrep/wheels; scripts/mmcv_wheel.sh).
 # Idempotent: a finished step is skipped. A venv holding another stack is refused, never replaced.
@@ -33,10 +34,12 @@ header() { sed -n -E "s/^# $1: *([^ ]+).*/\1/p" "$LOCK" | head -n 1; }
 pinned() { sed -n -E "s/^$1==([^ ;]+).*/\1/p" "$LOCK" | head -n 1; }
 PYVER="$(header python)"
 CXX_STD="$(header mmcv-cxx-std)"
+EXTRAS="$(header extras)"
 TORCH="$(pinned torch)"
 MMCV_VERSION="$(pinned mmcv)"
-[ -n "$PYVER" ] && [ -n "$CXX_STD" ] && [ -n "$TORCH" ] && [ -n "$MMCV_VERSION" ] \
-    || die "$LOCK needs '# python: X.Y' and '# mmcv-cxx-std: ...' header lines and torch== and mmcv== pins"
+[ -n "$PYVER" ] && [ -n "$CXX_STD" ] && [ -n "$EXTRAS" ] && [ -n "$TORCH" ] && [ -n "$MMCV_VERSION" ] \
+    || die "$LOCK needs '# python: X.Y', '# mmcv-cxx-std: ...' and '# extras: ...' header lines" \
+        "and torch== and mmcv== pins"
 
 # python X.Y on PATH, else the newest X.Y.* that pyenv installed
 find_python() {
@@ -113,9 +116,9 @@ if [ "$(cat "$STAMP_WHEEL" 2>/dev/null || true)" != "$WHEEL" ] \
 fi
 stamp "$STAMP_WHEEL" "$WHEEL"
 
-# mmrep with all its extras and the development tools, resolved together with the lock (so a
-# lock that mmrep's declared ranges exclude fails here)
-"${PIP[@]}" --no-build-isolation -r "$ROOT/requirements.txt" -e "$ROOT[all,deploy,benchmark,tests]"
+# mmrep with the stack's extras (its header) and the development tools, resolved together with
+# the lock (so a lock that mmrep's declared ranges exclude fails here)
+"${PIP[@]}" --no-build-isolation -r "$ROOT/requirements.txt" -e "$ROOT[$EXTRAS]"
 "$PY" -c 'import mmcv.ops, mmdet, mmseg, mmrep, torch, sys
 print("[setup] ok: stack %s: Python %d.%d, torch %s, mmcv %s, mmrep %s" % (
     sys.argv[1], *sys.version_info[:2], torch.__version__, mmcv.__version__, mmrep.__version__))' "$STACK"

@@ -165,7 +165,7 @@ def test_a_stack_whose_python_is_missing_says_so(tmp_path):
     shutil.copytree(osp.join(REPO_ROOT, 'scripts'), root / 'scripts')
     (root / 'requirements').mkdir()
     (root / 'requirements' / 'ancient.txt').write_text(
-        '# python: 2.5\n# mmcv-cxx-std: default\ntorch==0.4.1\nmmcv==2.1.0\n')
+        '# python: 2.5\n# mmcv-cxx-std: default\n# extras: all\ntorch==0.4.1\nmmcv==2.1.0\n')
     (root / 'requirements' / 'broken.txt').write_text('torch==2.1.2\n')
     done = setup_env({'MMREP_STACK': 'ancient', 'MMREP_VENV': str(tmp_path / 'venv')}, root)
     assert done.returncode != 0 and "stack 'ancient' needs Python 2.5" in done.stderr

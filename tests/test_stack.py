@@ -72,8 +72,11 @@ def test_setup_py_declares_ranges_and_extras(monkeypatch):
     requires = captured['install_requires']
     assert not [r for r in requires if '==' in r], requires
     assert not [r for r in requires if r.startswith(('mmdet', 'mmsegmentation'))], requires
-    assert 'torch>=2.1' in requires and 'mmcv>=2.0.0,<2.2.0' in requires
+    assert 'torch>=2.1' in requires and 'mmengine>=0.10.0,<1.0.0' in requires
+    # as in mmdet's setup.py: pip must not build mmcv, whose ops are built for one torch
+    assert not [r for r in requires if r.startswith('mmcv')], requires
     extras = captured['extras_require']
+    assert extras['mim'] == ['mmcv>=2.0.0,<2.2.0']
     assert extras['det'] == ['mmdet>=3.3.0,<3.4.0']
     assert extras['seg'][0] == 'mmsegmentation>=1.2.2,<1.3.0' and {'ftfy', 'regex'} <= set(extras['seg'])
     assert set(extras['all']) == set(extras['det']) | set(extras['seg'])
@@ -92,8 +95,9 @@ def test_unsupported_versions_name_what_is_installed_and_what_is_supported():
         'mmdet 2.28.2 is installed; mmrep supports mmdet>=3.3.0,<3.4.0 (the mmrep[det] extra)',
         'mmsegmentation 0.30.0 is installed; mmrep supports mmsegmentation>=1.2.2,<1.3.0 '
         '(the mmrep[seg] extra)']
-    missing = mmrep_version.stack_problems({**good, 'mmcv': None, 'mmcv-lite': '2.1.0'})
-    assert len(missing) == 1 and 'mmcv-lite 2.1.0' in missing[0] and 'no compiled ops' in missing[0]
+    missing = mmrep_version.stack_problems({**good, 'mmcv': None})
+    assert missing == ['mmcv is not installed; mmrep needs mmcv>=2.0.0,<2.2.0 with its compiled ops '
+                       '(mim install "mmcv>=2.0.0,<2.2.0", or scripts/setup_env.sh builds it)']
     assert mmrep_version.stack_problems({**good, 'mmengine': None}) == [
         'mmengine is not installed; mmrep needs mmengine>=0.10.0,<1.0.0']
 
@@ -120,11 +124,12 @@ def test_import_mmrep_with_an_old_torch_fails_with_one_message(tmp_path):
                           for f in frames), frames
 
 
-def test_skip_variable_and_newer_torch_only_warn(monkeypatch):
+def test_skip_variable_newer_torch_and_mmcv_lite_only_warn(monkeypatch):
     installed = {'torch': '1.13.1'}
     real = mmrep_version.installed_version
     monkeypatch.setattr(mmrep_version, 'installed_version',
-                        lambda name, import_fallback=True: installed.get(name, real(name)))
+                        lambda name, import_fallback=True:
+                        installed[name] if name in installed else real(name, import_fallback))
     monkeypatch.delenv(mmrep_version.SKIP_CHECK_ENV, raising=False)
     with pytest.raises(mmrep_version.IncompatibleStackError, match='torch 1.13.1 is installed'):
         mmrep_version.check_installed_stack()
@@ -134,6 +139,14 @@ def test_skip_variable_and_newer_torch_only_warn(monkeypatch):
     monkeypatch.delenv(mmrep_version.SKIP_CHECK_ENV)
     installed['torch'] = '2.99.0'
     with pytest.warns(UserWarning, match=r'torch 2\.99\.0 is newer than any stack mmrep was measured on'):
+        mmrep_version.check_installed_stack()
+    # mmcv-lite (mmcv without its ops, as on Read the Docs): the range applies, ops are missing
+    installed.update(torch='2.1.2', mmcv=None, **{'mmcv-lite': '2.1.0'})
+    with pytest.warns(UserWarning, match='mmcv-lite 2.1.0 has no compiled ops'):
+        mmrep_version.check_installed_stack()
+    installed['mmcv-lite'] = '2.2.0'
+    with pytest.raises(mmrep_version.IncompatibleStackError,
+                       match=r'mmcv 2\.2\.0 is installed; mmrep supports mmcv>=2\.0\.0,<2\.2\.0'):
         mmrep_version.check_installed_stack()
 
 
