@@ -8,6 +8,7 @@ import json
 import os
 import os.path as osp
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -262,8 +263,13 @@ def test_installing_mmrep_changes_no_installed_package(tmp_path):
     wheels = tmp_path / 'wheels'
     env = {k: v for k, v in os.environ.items() if not k.startswith('PIP_')}
     env['PIP_CONFIG_FILE'] = os.devnull
+    # built from a copy: setuptools builds in the source tree (build/)
+    source = tmp_path / 'mmrep-src'
+    shutil.copytree(REPO_ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
+        '.git', '.venv*', 'work_dirs', 'build', 'data', 'docs', 'benchmarks', 'tests',
+        '__pycache__', '*.egg-info'))
     subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation',
-                    '--disable-pip-version-check', '--quiet', '-w', str(wheels), REPO_ROOT],
+                    '--disable-pip-version-check', '--quiet', '-w', str(wheels), str(source)],
                    check=True, capture_output=True, env=env, cwd=str(tmp_path))
     wheel, = wheels.glob('mmrep-*.whl')
     for target in (f'{wheel}[det]', f'{wheel}[all]', f'{REPO_ROOT}[all]'):
