@@ -276,3 +276,42 @@ def test_installing_mmrep_changes_no_installed_package(tmp_path):
         args = ('-e', target) if target.startswith(REPO_ROOT) else (target, )
         report = pip_dry_run(tmp_path, *args)
         assert [i['metadata']['name'] for i in report['install']] == ['mmrep'], changes(report)
+
+
+def test_every_module_runs_on_the_oldest_supported_python():
+    """python_requires starts at 3.9: every module parses with 3.9's grammar, and a ``X | Y``
+    annotation (evaluated at import before 3.10) only appears under ``from __future__ import
+    annotations``."""
+    import ast
+    oldest = tuple(int(p) for p in re.match(r'>=(\d+)\.(\d+)', mmrep_version.PYTHON_REQUIRES).groups())
+    assert oldest == (3, 9)
+    files = glob.glob(osp.join(REPO_ROOT, 'mmrep', '**', '*.py'), recursive=True)
+    files += glob.glob(osp.join(REPO_ROOT, 'tools', '*.py'))
+    files.append(osp.join(REPO_ROOT, '_mmrep_startup_hook.py'))
+    assert len(files) > 30
+    late = []
+    for path in files:
+        source = open(path).read()
+        try:
+            tree = ast.parse(source, feature_version=oldest)
+        except SyntaxError as error:
+            late.append(f'{path}:{error.lineno}: {error.msg}')
+            continue
+        if 'from __future__ import annotations' in source:
+            continue
+        annotations = [node.annotation for node in ast.walk(tree)
+                       if isinstance(node, (ast.arg, ast.AnnAssign)) and node.annotation is not None]
+        annotations += [node.returns for node in ast.walk(tree)
+                        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.returns]
+        late += [f'{path}:{node.lineno}: X | Y annotation without the __future__ import'
+                 for annotation in annotations for node in ast.walk(annotation)
+                 if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr)]
+    assert not late, '\n'.join(late)
+    # ast's feature_version is best effort: where pyenv has a 3.9, its compiler has the last word
+    pythons = sorted(glob.glob(osp.join(os.environ.get('PYENV_ROOT', osp.expanduser('~/.pyenv')),
+                                        'versions', '3.9.*', 'bin', 'python3.9')))
+    if pythons:
+        done = subprocess.run([pythons[-1], '-c', 'import sys\nfor p in sys.argv[1:]: '
+                               'compile(open(p).read(), p, "exec")', *files],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
