@@ -127,9 +127,10 @@ def check_installed_stack() -> None:
     versions['mmcv'] = (installed_version('mmcv', import_fallback=False) or versions['mmcv-lite']
                         or installed_version('mmcv'))
     if versions['mmcv-lite'] and not installed_version('mmcv', import_fallback=False):
-        warnings.warn(f'mmcv-lite {versions["mmcv-lite"]} has no compiled ops: building and '
-                      'fusing models works, but detectors need mmcv\'s ops to test (NMS, '
-                      'RoIAlign); install mmcv in its place (scripts/setup_env.sh builds it)')
+        warnings.warn(f'mmcv-lite {versions["mmcv-lite"]} has no compiled ops, which mmdet\'s '
+                      'and mmseg\'s models import: building a model in their scope fails with '
+                      '"No module named \'mmcv._ext\'". Install mmcv in its place '
+                      '(scripts/setup_env.sh builds it)')
     problems = stack_problems(versions)
     if problems:
         supported = ', '.join(f'{name}{spec}' for name, spec in
