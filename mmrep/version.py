@@ -27,6 +27,9 @@ RUNTIME_REQUIRES = {
     'mmengine': '>=0.10.0,<1.0.0',
     'numpy': '',
     'packaging': '',
+    # pretrained weights by name (timm://): its errors module, endpoint=
+    'huggingface_hub': '>=0.24',
+    'safetensors': '',
 }
 
 # Checked at import but not installed by pip (the `mim` extra, as mmdet and mmseg

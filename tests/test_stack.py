@@ -85,7 +85,8 @@ def test_setup_py_declares_ranges_and_extras(monkeypatch):
 
 def test_unsupported_versions_name_what_is_installed_and_what_is_supported():
     good = {'torch': '2.1.2', 'torchvision': '0.16.2', 'mmengine': '0.10.7', 'mmcv': '2.1.0',
-            'numpy': '1.26.4', 'packaging': '24.0', 'mmdet': '3.3.0', 'mmsegmentation': None}
+            'numpy': '1.26.4', 'packaging': '24.0', 'huggingface_hub': '0.24.0', 'mmdet': '3.3.0',
+            'mmsegmentation': None}
     assert mmrep_version.stack_problems(good) == []
     assert mmrep_version.stack_problems({**good, 'torch': '2.1.2+cu121'}) == []
     problems = mmrep_version.stack_problems(
