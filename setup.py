@@ -6,6 +6,9 @@ from setuptools.command.build_py import build_py
 version = {}
 with open('mmrep/version.py') as f:
     exec(f.read(), version)
+# mmrep[det] (mmdet), mmrep[seg] (mmsegmentation), and mmrep[all] for both
+extras = {name: version['requirement_lines'](table)
+          for name, table in version['CODEBASE_EXTRAS'].items()}
 
 # Runs _mmrep_startup_hook at every Python start, so stock OpenMMLab tools read
 # `_base_ = 'mmrep::configs/...'` without `import mmrep` (see that module).
@@ -60,27 +63,23 @@ setup(
     package_data={'mmrep': ['.mim/model-index.yml', '.mim/configs/configs/*.py',
                             '.mim/configs/configs/*/*.py', '.mim/configs/configs/*/*/*.py']},
     cmdclass={'build_py': BuildPyWithStartupHook},
-    python_requires='>=3.11,<3.12',
-    install_requires=[
-        'torch==2.14.1',
-        'torchvision==0.29.1',
-        'mmengine==0.10.7',
-        'mmcv==2.1.0',
-        'mmdet==3.3.0',
-        'mmsegmentation==1.2.2',
-        'pycocotools',
-        'huggingface_hub>=0.24',  # weights by name (timm://): its errors module, endpoint=
-        'safetensors',
-        'ftfy',
-        'regex',
-    ],
+    # Ranges, not pins: mmrep installs into the OpenMMLab environment a user already has
+    # (mmrep/version.py holds the table, which `import mmrep` also checks). The versions
+    # measured together on each stack are pinned in requirements/<stack>.txt.
+    python_requires=version['PYTHON_REQUIRES'],
+    install_requires=version['requirement_lines'](version['RUNTIME_REQUIRES']),
     extras_require={
-        'deploy': ['mmdeploy==1.3.1', 'onnx==1.17.0', 'onnxruntime==1.26.*', 'protobuf==3.20.2',
-                   'ml_dtypes', 'openvino==2026.4.1', 'nncf==3.4.0'],
+        **extras,
+        'all': sorted({line for lines in extras.values() for line in lines}),
+        # mmcv is not installed by pip, as in mmdet's and mmseg's own setup.py: its ops must be
+        # built for the user's torch (mim, OpenMMLab's wheels, or scripts/setup_env.sh);
+        # `import mmrep` checks it
+        'mim': version['requirement_lines'](version['MIM_REQUIRES']),
+        'deploy': ['mmdeploy>=1.3.1,<1.4.0', 'onnx>=1.13', 'onnxruntime>=1.16', 'ml_dtypes',
+                   'openvino>=2026.4.1', 'nncf>=3.4.0'],
         'benchmark': ['matplotlib', 'ml_dtypes'],
-        'tests': ['pytest', 'hypothesis', 'timm==1.0.31', 'mmpretrain==1.2.0'],
-        'docs': ['sphinx==9.0.4', 'myst-parser==5.2.0', 'furo==2025.12.19',
-                 'sphinx-mathjax-offline==0.0.2'],
+        'tests': ['pytest', 'hypothesis', 'timm>=1.0.31', 'mmpretrain>=1.2.0,<1.3.0'],
+        'docs': ['sphinx>=9.0.4', 'myst-parser>=5.2.0', 'furo', 'sphinx-mathjax-offline'],
     },
     license='Apache-2.0',
     zip_safe=False,

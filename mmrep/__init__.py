@@ -1,14 +1,20 @@
 """mmrep: structural re-parameterization for OpenMMLab detection and segmentation.
 
 ``import mmrep`` (or ``custom_imports=dict(imports=['mmrep'])`` in a config)
-registers the backbones, the neck and ``RepDeployHook`` with mmdet and mmseg.
+registers the backbones, the neck and ``RepDeployHook`` with mmdet and mmseg
+(whichever of them is installed: the ``mmrep[det]`` and ``mmrep[seg]`` extras).
+It first checks the installed torch, mmcv, mmengine, mmdet and mmseg against
+the versions mmrep supports (:mod:`mmrep.version`).
 """
-from .reparam import count_unfused, reparameterize_model
-from .version import __version__
-from . import compat  # noqa: F401  (version differences)
-from . import checkpoint  # noqa: F401  (every mmengine checkpoint scheme loads safely)
-from . import config_scope  # noqa: F401  (_base_ = 'mmrep::configs/...')
-from .config_scope import config_path
+from .version import __version__, check_installed_stack
+
+check_installed_stack()
+
+from .reparam import count_unfused, reparameterize_model  # noqa: E402
+from . import compat  # noqa: F401,E402  (version differences)
+from . import checkpoint  # noqa: F401,E402  (every mmengine checkpoint scheme loads safely)
+from . import config_scope  # noqa: F401,E402  (_base_ = 'mmrep::configs/...')
+from .config_scope import config_path  # noqa: E402
 from . import registry  # noqa: F401,E402
 from . import pretrained_init  # noqa: F401,E402  (the 'StrictPretrained' initializer)
 

@@ -23,9 +23,15 @@ earlier scopes in creation order, so the host is the newest one that is not
 ``mmrep``. Then the parents (mmengine's root registries), as mmengine does.
 A fixed search order over both hosts would build mmdet's ``LoadAnnotations``
 into an mmseg pipeline.
+
+The hosts are those installed: mmdet comes with the ``mmrep[det]`` extra,
+mmseg with ``mmrep[seg]``. A config of the host that is missing fails with
+:class:`MissingCodebaseError`, which names the extra to install.
 """
 from __future__ import annotations
 
+import importlib.util
+import warnings
 from importlib import import_module
 from typing import Optional
 
@@ -41,8 +47,36 @@ from mmrep.models.backbones.repvgg import RepVGG
 from mmrep.models.necks.rep_pafpn import RepPAFPN
 
 SCOPE = 'mmrep'
-# the OpenMMLab packages whose configs use mmrep's classes by their plain names
-HOST_SCOPES = ('mmdet', 'mmseg')
+# the OpenMMLab packages whose configs use mmrep's classes by their plain names:
+# config scope -> (distribution, mmrep extra)
+CODEBASES = {'mmdet': ('mmdet', 'det'), 'mmseg': ('mmsegmentation', 'seg')}
+
+
+class MissingCodebaseError(ModuleNotFoundError):
+    """A config needs mmdet or mmseg, and it is not installed."""
+
+
+def installed_codebases() -> tuple:
+    """The config scopes of the installed hosts: ``('mmdet', 'mmseg')`` or a part of it."""
+    return tuple(scope for scope in CODEBASES if importlib.util.find_spec(scope) is not None)
+
+
+def require_codebase(scope: Optional[str], what: str = 'this config') -> None:
+    """Raise :class:`MissingCodebaseError` if ``scope`` (``'mmdet'``/``'mmseg'``) is not installed."""
+    if scope in CODEBASES and scope not in installed_codebases():
+        distribution, extra = CODEBASES[scope]
+        raise MissingCodebaseError(
+            f'{what} needs {distribution} (scope {scope!r}), which is not installed: '
+            f"pip install 'mmrep[{extra}]' (or mmrep[all] for mmdet and mmseg)", name=scope)
+
+
+def codebase_registries(name: str) -> list:
+    """``[(scope, registry)]`` of the registry ``name`` (``'MODELS'``, ``'HOOKS'``) per installed host."""
+    return [(scope, getattr(import_module(f'{scope}.registry'), name))
+            for scope in installed_codebases()]
+
+
+HOST_SCOPES = installed_codebases()
 
 
 def host_scope() -> Optional[str]:
@@ -128,10 +162,13 @@ def _register(registry: Registry, classes) -> None:
 
 _register(MODELS, MODEL_CLASSES)
 _register(HOOKS, HOOK_CLASSES)
-for _scope in HOST_SCOPES:
-    _host = import_module(f'{_scope}.registry')
-    _register(_host.MODELS, MODEL_CLASSES)
-    _register(_host.HOOKS, HOOK_CLASSES)
+if not HOST_SCOPES:
+    warnings.warn("neither mmdet nor mmsegmentation is installed, so mmrep's models are "
+                  "registered with neither: pip install 'mmrep[det]', 'mmrep[seg]' or 'mmrep[all]'")
+for _scope, _host_models in codebase_registries('MODELS'):
+    _register(_host_models, MODEL_CLASSES)
+for _scope, _host_hooks in codebase_registries('HOOKS'):
+    _register(_host_hooks, HOOK_CLASSES)
 # also under the default scope 'mmengine' (a Runner built from a plain config)
 _register(mmengine_registry.HOOKS, HOOK_CLASSES)
 mmengine_registry.MODEL_WRAPPERS.register_module(module=CPUDistributedDataParallel, force=True)

@@ -11,6 +11,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+import compat_subset  # noqa: E402
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(REPO_ROOT), 'shared', 'data')
 
@@ -54,3 +56,13 @@ def load_tool(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def pytest_configure(config):
+    compat_subset.register(config)
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects by the markers
+def pytest_collection_modifyitems(config, items):
+    """``pytest -m compat``: the subset listed in tests/compat_subset.py."""
+    compat_subset.mark_items(items, os.path.dirname(os.path.abspath(__file__)))

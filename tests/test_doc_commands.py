@@ -30,6 +30,7 @@ DOC_FILES = ['README.md'] + sorted(
 # ('tests/<file>.py::<name>') or a script that runs the command as it is quoted.
 RUN_BY = {
     r'make test$': ['.ci/run'],
+    r'make test-compat$': ['.ci/run'],
     r'make docs$': ['.ci/run', 'tests/test_docs.py::test_makefile_builds_the_docs_as_this_test_does'],
     r'pip install /path/to/mmrep$': [
         'tests/test_stock_tools.py::test_install_puts_the_start_up_hook_in_site_packages',

@@ -1,7 +1,9 @@
-"""scripts/mmcv_wheel.sh: which mmcv build setup_env.sh makes (cpu or cuda) and which cached
-wheel it reuses. A stand-in ``nvcc`` on PATH plays the CUDA toolkit; nothing is built."""
+"""scripts/mmcv_wheel.sh and scripts/setup_env.sh: which mmcv build setup_env.sh makes (cpu or
+cuda), which cached wheel it reuses, and the stacks it refuses. A stand-in ``nvcc`` on PATH plays
+the CUDA toolkit; nothing is built or installed."""
 import os
 import os.path as osp
+import shutil
 import subprocess
 import sys
 
@@ -90,22 +92,86 @@ def test_cpu_torch_or_explicit_choice_keeps_cpu(fake_nvcc, fake_gpu, tmp_path):
                env={'MMREP_MMCV_VARIANT': 'cpu'})[0] == 'cpu'
 
 
-def test_cached_wheels_are_found_per_variant(tmp_path):
+def test_cached_wheels_are_keyed_by_python_torch_and_variant(tmp_path):
     wheels = tmp_path / 'wheels'
-    wheels.mkdir()
-    assert run('cached', wheels, '2.1.0', 'cpu')[0] == ''  # nothing cached: build
-    (wheels / WHEEL).write_text('')  # a wheel cached before variants existed: a cpu build
-    assert run('cached', wheels, '2.1.0', 'cpu')[0] == str(wheels / WHEEL)
-    assert run('cached', wheels, '2.1.0', 'cuda12.1')[0] == ''  # never taken for cuda
-    cuda = wheels / 'mmcv-2.1.0-cuda12.1'
+    key = (wheels, '2.1.0', '3.11', '2.14.1')
+    assert run('cache-dir', *key, 'cpu')[0] == str(wheels / 'mmcv-2.1.0-py3.11-torch2.14.1-cpu')
+    assert run('cached', *key, 'cpu')[0] == ''  # nothing cached: build
+    cpu = wheels / 'mmcv-2.1.0-py3.11-torch2.14.1-cpu'
+    cpu.mkdir(parents=True)
+    (cpu / WHEEL).write_text('')
+    assert run('cached', *key, 'cpu')[0] == str(cpu / WHEEL)
+    # ops built against one torch are never taken for another, nor a wheel for another Python
+    assert run('cached', wheels, '2.1.0', '3.11', '2.15.0', 'cpu')[0] == ''
+    assert run('cached', *key, 'cuda12.1')[0] == ''
+    other_python = wheels / 'mmcv-2.1.0-py3.10-torch2.14.1-cpu'
+    other_python.mkdir()
+    (other_python / WHEEL).write_text('')  # a cp311 wheel in a py3.10 folder
+    assert run('cached', wheels, '2.1.0', '3.10', '2.14.1', 'cpu')[0] == ''
+    cuda = wheels / 'mmcv-2.1.0-py3.11-torch2.14.1-cuda12.1'
     cuda.mkdir()
     (cuda / WHEEL).write_text('')
-    assert run('cached', wheels, '2.1.0', 'cuda12.1')[0] == str(cuda / WHEEL)
-    assert run('cached', wheels, '2.1.0', 'cuda11.8')[0] == ''
-    cpu = wheels / 'mmcv-2.1.0-cpu'
-    cpu.mkdir()
-    (cpu / WHEEL).write_text('')
-    assert run('cached', wheels, '2.1.0', 'cpu')[0] == str(cpu / WHEEL)
+    assert run('cached', *key, 'cuda12.1')[0] == str(cuda / WHEEL)
+
+
+@pytest.mark.parametrize('legacy', ['mmcv-2.1.0-cpu/' + WHEEL, WHEEL])
+def test_wheel_of_the_old_layout_is_adopted_for_its_own_stack_only(tmp_path, legacy):
+    """Before the cache folder named Python and torch, setup_env.sh built only for Python 3.11
+    and torch 2.14.1: such a wheel is hard-linked into its new folder and left where it was."""
+    wheels = tmp_path / 'wheels'
+    old = wheels / legacy
+    old.parent.mkdir(parents=True, exist_ok=True)
+    old.write_text('built before the cache was keyed')
+    assert run('adopt-legacy', wheels, '2.1.0', '3.10', '2.1.2', 'cpu')[0] == ''
+    assert run('adopt-legacy', wheels, '2.1.0', '3.11', '2.15.0', 'cpu')[0] == ''
+    assert run('adopt-legacy', wheels, '2.1.0', '3.11', '2.14.1', 'cuda12.1')[0] == ''
+    new = wheels / 'mmcv-2.1.0-py3.11-torch2.14.1-cpu' / WHEEL
+    assert run('adopt-legacy', wheels, '2.1.0', '3.11', '2.14.1', 'cpu')[0] == str(new)
+    assert old.is_file() and os.path.samefile(old, new)
+    assert run('cached', wheels, '2.1.0', '3.11', '2.14.1', 'cpu')[0] == str(new)
+    assert run('adopt-legacy', wheels, '2.1.0', '3.11', '2.14.1', 'cpu')[0] == ''  # once
+
+
+def setup_env(env, root=REPO_ROOT):
+    environ = {k: v for k, v in os.environ.items() if not k.startswith('MMREP_')}
+    environ.update(env)
+    return subprocess.run(['bash', osp.join(root, 'scripts', 'setup_env.sh')], capture_output=True,
+                          text=True, env=environ)
+
+
+def test_unknown_stack_lists_the_stacks(tmp_path):
+    done = setup_env({'MMREP_STACK': 'clasic', 'MMREP_VENV': str(tmp_path / 'venv')})
+    assert done.returncode != 0
+    assert "unknown stack 'clasic'" in done.stderr
+    assert 'the stacks are: classic current newest' in done.stderr
+    assert not (tmp_path / 'venv').exists()
+
+
+def test_a_venv_holding_another_stack_is_refused_untouched(tmp_path):
+    venv = tmp_path / 'venv'
+    (venv / 'bin').mkdir(parents=True)
+    (venv / 'bin' / 'python').symlink_to(sys.executable)
+    (venv / '.mmrep-stack').write_text('classic\n')
+    before = sorted(p.name for p in venv.rglob('*'))
+    done = setup_env({'MMREP_STACK': 'current', 'MMREP_VENV': str(venv)})
+    assert done.returncode != 0
+    assert "holds the stack 'classic', not 'current'" in done.stderr
+    assert sorted(p.name for p in venv.rglob('*')) == before
+    assert (venv / '.mmrep-stack').read_text() == 'classic\n'
+
+
+def test_a_stack_whose_python_is_missing_says_so(tmp_path):
+    root = tmp_path / 'repo'
+    shutil.copytree(osp.join(REPO_ROOT, 'scripts'), root / 'scripts')
+    (root / 'requirements').mkdir()
+    (root / 'requirements' / 'ancient.txt').write_text(
+        '# python: 2.5\n# mmcv-cxx-std: default\n# extras: all\ntorch==0.4.1\nmmcv==2.1.0\n')
+    (root / 'requirements' / 'broken.txt').write_text('torch==2.1.2\n')
+    done = setup_env({'MMREP_STACK': 'ancient', 'MMREP_VENV': str(tmp_path / 'venv')}, root)
+    assert done.returncode != 0 and "stack 'ancient' needs Python 2.5" in done.stderr
+    assert not (tmp_path / 'venv').exists()
+    done = setup_env({'MMREP_STACK': 'broken', 'MMREP_VENV': str(tmp_path / 'venv')}, root)
+    assert done.returncode != 0 and "needs '# python: X.Y'" in done.stderr
 
 
 def test_setup_env_uses_the_selection():

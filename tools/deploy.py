@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 
 
 def parse_args(argv=None):
@@ -52,8 +52,9 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     import mmrep.deploy  # noqa: F401  (torch>=2.9 export fixes before mmdeploy runs)
     from mmrep.deploy import ExportCheckError, export_and_verify
+    from mmrep.engine import cli
 
-    cfg = Config.fromfile(args.model_cfg)
+    cfg = cli.read_config(args.model_cfg)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     int8 = None

@@ -14,6 +14,7 @@ from mmengine.registry import init_default_scope
 from mmengine.registry import MODELS
 
 from mmrep.checkpoint import NotACheckpointError, UntrustedCheckpointError
+from mmrep.engine import cli
 from mmrep.engine.deploy_utils import CheckpointMismatchError, load_checked, save_fused
 
 
@@ -36,7 +37,7 @@ def build_model(cfg: Config) -> torch.nn.Module:
 
 def main(argv=None):
     args = parse_args() if argv is None else argv
-    cfg = Config.fromfile(args.config)
+    cfg = cli.read_config(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     stem = osp.splitext(osp.basename(args.checkpoint))[0]

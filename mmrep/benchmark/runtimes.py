@@ -34,6 +34,8 @@ from typing import Any, Callable, Dict, Optional, Sequence
 import torch
 from torch import nn
 
+from mmrep import compat
+
 from .limit import PlainLimit
 from .models import Case
 
@@ -87,7 +89,7 @@ def export_onnx(module: nn.Module, inputs: Sequence[torch.Tensor], path: str) ->
         # the tracer's notes on shape checks in forward(): static shapes are what we export
         warnings.simplefilter('ignore', torch.jit.TracerWarning)
         torch.onnx.export(module, tuple(inputs), path, opset_version=17, input_names=names,
-                          do_constant_folding=True, dynamo=False)
+                          do_constant_folding=True, **compat.torchscript_onnx_export_kwargs())
     return path
 
 

@@ -97,12 +97,27 @@ def parse_args(parser: argparse.ArgumentParser,
     return args
 
 
+def read_config(path: str) -> Config:
+    """``Config.fromfile``, failing with the mmrep extra to install when the config needs
+    mmdet or mmseg (a ``mmseg::`` base, ``default_scope='mmseg'``) and it is missing."""
+    from mmrep.registry import CODEBASES, require_codebase
+    try:
+        cfg = Config.fromfile(path)
+    except ModuleNotFoundError as error:  # mmengine: '<package> is not installed, ...'
+        for scope, (distribution, _) in CODEBASES.items():
+            if str(error).startswith(f'{distribution} is not installed'):
+                require_codebase(scope, f'{path} (a {scope}:: base)')
+        raise
+    require_codebase(cfg.get('default_scope'), f'{path} (default_scope={cfg.get("default_scope")!r})')
+    return cfg
+
+
 def load_config(args: argparse.Namespace) -> Config:
     """The config with the launcher, ``--cfg-options`` and the work dir applied.
 
     The work dir is ``--work-dir``, else the config's, else ``./work_dirs/<config name>``.
     """
-    cfg = Config.fromfile(args.config)
+    cfg = read_config(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)

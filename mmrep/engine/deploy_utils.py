@@ -107,19 +107,19 @@ def resolve_type(config_type, registries):
 def resolve_model_type(model_type):
     """The model class a config ``type`` names, or None.
 
-    Looked up in mmdet's and mmseg's model registries, where mmrep registers its models.
+    Looked up in the model registries of the installed codebases (mmdet, mmseg), where mmrep
+    registers its models.
     """
-    from mmdet.registry import MODELS as MMDET_MODELS
-    from mmseg.registry import MODELS as MMSEG_MODELS
-    return resolve_type(model_type, (MMDET_MODELS, MMSEG_MODELS))
+    from mmrep.registry import codebase_registries
+    return resolve_type(model_type, [registry for _, registry in codebase_registries('MODELS')])
 
 
 def resolve_hook_type(hook_type):
     """The hook class a config ``type`` names, or None (mmengine's, mmdet's, mmseg's registries)."""
-    from mmdet.registry import HOOKS as MMDET_HOOKS
     from mmengine.registry import HOOKS as MMENGINE_HOOKS
-    from mmseg.registry import HOOKS as MMSEG_HOOKS
-    return resolve_type(hook_type, (MMENGINE_HOOKS, MMDET_HOOKS, MMSEG_HOOKS))
+    from mmrep.registry import codebase_registries
+    return resolve_type(hook_type, [MMENGINE_HOOKS]
+                        + [registry for _, registry in codebase_registries('HOOKS')])
 
 
 def is_deployable(model_type) -> bool:
@@ -132,9 +132,8 @@ def is_deployable(model_type) -> bool:
 
 def registered_name(cls: type):
     """``'mmdet.Name'`` / ``'mmseg.Name'`` for a class registered under its name, else the class."""
-    from mmdet.registry import MODELS as MMDET_MODELS
-    from mmseg.registry import MODELS as MMSEG_MODELS
-    for scope, registry in (('mmdet', MMDET_MODELS), ('mmseg', MMSEG_MODELS)):
+    from mmrep.registry import codebase_registries
+    for scope, registry in codebase_registries('MODELS'):
         if registry.get(cls.__name__) is cls:
             return f'{scope}.{cls.__name__}'
     return cls
