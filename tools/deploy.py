@@ -50,7 +50,6 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    import mmrep.deploy  # noqa: F401  (torch>=2.9 export fixes before mmdeploy runs)
     from mmrep.deploy import ExportCheckError, export_and_verify
 
     cfg = Config.fromfile(args.model_cfg)

@@ -105,6 +105,9 @@ def export_and_verify(deploy_cfg: Union[str, Config], model_cfg: Union[str, Conf
     from mmdeploy.apis import build_task_processor, torch2onnx
     from mmdeploy.utils import get_input_shape, get_task_type, load_config
 
+    from .mmdeploy_setup import setup_mmdeploy
+    setup_mmdeploy()
+
     tol = dict(TOLERANCES, **(tolerances or {}))
     os.makedirs(work_dir, exist_ok=True)
     deploy_cfg = load_config(deploy_cfg)[0]
