@@ -119,7 +119,7 @@ def test_int8_end_to_end_report(tmp_path, shapes_root, capsys):
 def test_calibration_on_held_out_val_images(tmp_path, shapes_root):
     report = _deploy(tmp_path, _shapes_cfg(shapes_root, tmp_path), shapes_root,
                      '--int8', '--calib-images', '2', '--calib-from', 'val',
-                     '--eval', '--max-drop', '100')
+                     '--calib-method', 'minmax', '--eval', '--max-drop', '100')
     assert report['ok'], report['errors']
     int8 = report['int8']
     assert int8['calibration_source'] == 'val' and int8['calibration_method'] == 'minmax'

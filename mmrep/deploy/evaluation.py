@@ -16,6 +16,8 @@ from typing import Dict, List, Optional
 
 import torch
 
+from .compare import clip_to_image
+
 DEFAULT_MAX_DROP = 1.0  # points
 
 # metrics of each task's report, by short name
@@ -48,7 +50,8 @@ def _quiet_evaluator():
 def evaluate_model(model, cfg, dataloader, label: Optional[str] = None) -> dict:
     """Metrics of ``model.test_step`` over the data set, with the config's val evaluator.
 
-    With ``label``, prints it and a progress bar.
+    Boxes are clipped to their image first (:func:`~mmrep.deploy.compare.clip_to_image`;
+    a no-op for PyTorch's). With ``label``, prints it and a progress bar.
     """
     from mmengine.evaluator import Evaluator
     from mmengine.utils import ProgressBar
@@ -63,7 +66,10 @@ def evaluate_model(model, cfg, dataloader, label: Optional[str] = None) -> dict:
         progress = ProgressBar(total)
     with torch.no_grad():
         for batch in dataloader:
-            evaluator.process(model.test_step(batch), batch)
+            outputs = model.test_step(batch)
+            for sample in outputs:  # deployed detectors: boxes into the image, as mmdet
+                clip_to_image(sample)
+            evaluator.process(outputs, batch)
             if progress is not None:
                 progress.update()
     if progress is not None:

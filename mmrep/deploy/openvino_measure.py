@@ -35,6 +35,7 @@ from mmrep.engine.measure import time_ms
 
 from . import openvino as mov
 from .calibration import HeldOutSplit, Int8InputError, PreprocessedInputs, onnx_input
+from .compare import clip_to_image
 from .evaluation import (check_accuracy_floor, evaluate_model, metric_names, print_summary,
                          summarize)
 
@@ -117,6 +118,7 @@ def openvino_and_measure(processor, cfg, onnx_path: str, work_dir: str, task: st
     f32 = backend(mov.OpenVINOModel(ov_model, 'f32', threads))
     with torch.no_grad():
         f32_prediction = f32.test_step(copy.deepcopy(check_data))[0]
+    clip_to_image(f32_prediction)
     section = dict(precision=precision, requested_precision=requested, threads=threads)
     section['agreement_f32_with_torch'] = compare_with_torch(
         task, torch_model, torch_prediction, f32_prediction, onnx_path, check_data, top_k,
@@ -141,6 +143,7 @@ def openvino_and_measure(processor, cfg, onnx_path: str, work_dir: str, task: st
     if precision != 'f32':
         with torch.no_grad():
             lowered = chosen.test_step(copy.deepcopy(check_data))[0]
+        clip_to_image(lowered)
         section[f'agreement_{precision}_with_f32'] = compare_predictions(
             task, f32_prediction, lowered, top_k)
     section['xml'], section['bin'] = compiled.save(

@@ -31,8 +31,8 @@ from mmrep.reparam import count_unfused
 
 from .calibration import (DEFAULT_CALIB_IMAGES, DeployInputError, Int8InputError,
                           check_static_inputs, held_out_split)
-from .compare import (compare_detections, compare_instances, compare_segmentation,
-                      compare_segmentation_logits)
+from .compare import (clip_to_image, compare_detections, compare_instances,
+                      compare_segmentation, compare_segmentation_logits)
 from .evaluation import DEFAULT_MAX_DROP
 from .graph_checks import check_onnx_graph, count_conv2d_run
 
@@ -139,6 +139,7 @@ def preprocessing_record(cfg: Config, data: dict, onnx_path: str) -> dict:
             if k in ('ori_shape', 'img_shape', 'pad_shape', 'scale_factor', 'batch_input_shape')}
     preprocessor = dict(cfg.model.get('data_preprocessor', {}))
     return dict(
+        classes=_class_names(cfg),
         onnx_input=dict(name=name, shape=[d if d is not None else 'dynamic' for d in dims],
                         dtype='float32', layout='NCHW'),
         check_image=dict(meta, network_input_shape=list(data['inputs'].shape)
@@ -153,7 +154,19 @@ def preprocessing_record(cfg: Config, data: dict, onnx_path: str) -> dict:
                'pad at the bottom and right with pad_value (0) to a multiple of pad_size_divisor '
                '(static graphs: exactly to onnx_input.shape)',
                'detection outputs: dets [1, N, 5] (x1, y1, x2, y2, score) in network-input '
-               'pixels, labels [1, N]; divide boxes by scale_factor (w, h) for the original image'])
+               'pixels, labels [1, N]; keep score > 0, divide boxes by scale_factor (w, h), clip '
+               'them to the original image (the graph clips at the padded input)'])
+
+
+def _class_names(cfg: Config) -> Optional[list]:
+    """The val set's class names: its config's ``metainfo``, else its data set class's."""
+    from mmengine.registry import DATASETS
+    dataset = (cfg.get('val_dataloader') or cfg.get('test_dataloader') or {}).get('dataset', {})
+    classes = (dataset.get('metainfo') or {}).get('classes')
+    if classes is None and dataset.get('type'):
+        dataset_cls = DATASETS.get(dataset['type'])
+        classes = getattr(dataset_cls, 'METAINFO', {}).get('classes')
+    return list(classes) if classes is not None else None
 
 
 def _expected_static_dims(processor, deploy_cfg, image: str, model) -> Optional[list]:
@@ -264,7 +277,10 @@ def export_and_verify(deploy_cfg: Union[str, Config], model_cfg: Union[str, Conf
         ref, conv2d_run = count_conv2d_run(
             torch_model, lambda: torch_model.test_step(copy.deepcopy(data))[0])
         test = backend_model.test_step(copy.deepcopy(data))[0]
+    clipped = clip_to_image(test)
     cmp = compare_with_torch(task, torch_model, ref, test, onnx_path, data, top_k)
+    if task != 'Segmentation':
+        cmp['boxes_clipped_to_image'] = clipped
 
     graph = check_onnx_graph(onnx_path, fused, conv2d_run)
     errors = list(graph['errors'])

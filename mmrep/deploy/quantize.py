@@ -37,7 +37,8 @@ from mmrep.engine.measure import time_ms
 
 from .calibration import (HeldOutSplit, Int8InputError,  # noqa: F401
                           PreprocessedInputs, onnx_input, shape_mismatch)
-from .compare import compare_detections, compare_instances, compare_segmentation
+from .compare import (clip_to_image, compare_detections, compare_instances,
+                      compare_segmentation)
 from .evaluation import (check_accuracy_floor, evaluate_model, metric_names, print_summary,
                          summarize)
 
@@ -278,6 +279,8 @@ def quantize_and_measure(processor, cfg, onnx_path: str, work_dir: str, task: st
     with torch.no_grad():
         ref = fp32_model.test_step(copy.deepcopy(check_data))[0]
         test = int8_model.test_step(copy.deepcopy(check_data))[0]
+    clip_to_image(ref)
+    clip_to_image(test)
     section['agreement_with_fp32'] = compare_predictions(task, ref, test, top_k)
 
     feed = {input_name: preprocess(check_data).numpy().astype(np.float32)}
