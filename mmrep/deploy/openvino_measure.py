@@ -91,7 +91,7 @@ def openvino_and_measure(processor, cfg, onnx_path: str, work_dir: str, task: st
         preset: NNCF preset for int8 (``'performance'`` or ``'mixed'``).
         threads: inference threads of both runtimes for the latency figures.
         tolerances: PyTorch/OpenVINO f32 disagreement accepted on the check image
-            (:data:`~mmrep.deploy.pipeline.TOLERANCES`).
+            (``mmrep.deploy.pipeline.TOLERANCES``).
         max_drop: points the precision may lose against f32 (None: no floor).
 
     Returns:

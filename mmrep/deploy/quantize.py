@@ -165,7 +165,7 @@ def quantize_onnx(fp32_path: str, int8_path: str, reader,
 
     ``op_types``: the ONNX op types to quantize; None for every type
     onnxruntime can quantize. ``calib_method``: how activation ranges are
-    chosen (:data:`CALIB_METHODS`, :func:`calibrated_ranges`). A graph older
+    chosen (``CALIB_METHODS``, :func:`calibrated_ranges`). A graph older
     than opset 13 (mmdeploy exports opset 11) is converted first, into a
     temporary file: per-channel QDQ needs opset 13. Only ``int8_path`` is written.
 
@@ -244,7 +244,7 @@ def quantize_and_measure(processor, cfg, onnx_path: str, work_dir: str, task: st
         split: calibration and (with ``split.evaluation``) evaluation images,
             disjoint (:func:`~mmrep.deploy.calibration.held_out_split`).
         torch_model: the fused PyTorch model, evaluated too.
-        calib_method: activation range method (:data:`CALIB_METHODS`).
+        calib_method: activation range method (``CALIB_METHODS``).
         op_types: ONNX op types to quantize.
         threads: onnxruntime intra-op threads for the latency figures.
         repeats: timed runs per model (the median is reported).
