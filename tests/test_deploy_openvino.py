@@ -2,7 +2,6 @@
 read by OpenVINO from mmdeploy's onnxruntime-style export, checked against PyTorch; NNCF INT8
 calibrated on held-out images; the report's openvino section."""
 import json
-import os
 import os.path as osp
 
 import pytest
@@ -11,9 +10,8 @@ pytest.importorskip('mmdeploy')
 pytest.importorskip('openvino')
 pytest.importorskip('nncf')
 
-from conftest import REPO_ROOT, shared_data  # noqa: E402
 from test_export import (DEPLOY_DIR, _coco_image, _mask_rcnn_cfg, _random_checkpoint,  # noqa: E402
-                         _segmentor_cfg)
+                         _run_segmentor)
 from test_int8 import _shapes_cfg, deploy_tool, shapes_root  # noqa: E402,F401
 
 from mmengine.config import Config  # noqa: E402
@@ -70,24 +68,19 @@ def test_mask_rcnn_in_openvino(tmp_path):
     ckpt = _random_checkpoint(cfg, str(tmp_path / 'unfused.pth'))
     report = deploy_tool.main([osp.join(DEPLOY_DIR, 'instance-seg_onnxruntime_static.py'),
                                cfg_path, ckpt, _coco_image(), '--work-dir', str(tmp_path / 'work'),
-                               '--max-unmatched', '2', '--backend', 'openvino', '--precision', 'f32'])
+                               '--max-unmatched', '2', '--backend', 'openvino', '--precision', 'f32',
+                               '--latency-repeats', '2'])
     assert report['ok'], report['errors']
     f32 = report['openvino']['agreement_f32_with_torch']
     assert f32['matched'] >= 18 and f32['min_mask_iou'] >= 0.9
     assert f32['max_box_abs_diff'] < 1.0
     assert report['openvino']['inference_precision'] == 'f32'
+    assert report['openvino']['latency_ms_openvino'] > 0
     assert 'agreement_f32_with_f32' not in report['openvino']
 
 
 def test_segmentation_in_openvino_default_precision(tmp_path, capsys):
-    image = sorted(os.listdir(osp.join(shared_data('camvid'), 'test')))[0]
-    cfg = _segmentor_cfg()
-    cfg_path = str(tmp_path / 'seg_cfg.py')
-    cfg.dump(cfg_path)
-    ckpt = _random_checkpoint(cfg, str(tmp_path / 'unfused.pth'))
-    report = deploy_tool.main([osp.join(DEPLOY_DIR, 'segmentation_onnxruntime_static.py'),
-                               cfg_path, ckpt, osp.join(shared_data('camvid'), 'test', image),
-                               '--work-dir', str(tmp_path / 'work'), '--backend', 'openvino'])
+    report = _run_segmentor(tmp_path, '--backend', 'openvino')
     assert report['ok'], report['errors']
     ov = report['openvino']
     # no --precision: OpenVINO's own default on this CPU, stated

@@ -74,6 +74,8 @@ def parse_args(argv=None):
                              '(mAP x100, mIoU %%) below fp32; negative disables the floor')
     parser.add_argument('--latency-threads', type=int, default=1,
                         help='threads of both runtimes for the latency figures')
+    parser.add_argument('--latency-repeats', type=int, default=20,
+                        help='timed runs per model for the latency figures (the median is reported)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override model config settings, e.g. model.test_cfg.score_thr=0.01')
     args = parser.parse_args(argv)
@@ -87,6 +89,8 @@ def parse_args(argv=None):
     if args.eval and not (args.int8 or openvino):
         parser.error('--eval compares an INT8 or OpenVINO model with fp32: add --int8 or '
                      '--backend openvino')
+    if args.latency_repeats < 1 or args.latency_threads < 1:
+        parser.error('--latency-repeats and --latency-threads must be at least 1')
     if not quantizing and (args.calib_images is not None or args.calib_method is not None):
         parser.error('--calib-images and --calib-method apply to INT8: add --int8 '
                      '(onnxruntime) or --backend openvino --precision int8')
@@ -112,10 +116,10 @@ def main(argv=None) -> dict:
     int8 = openvino = None
     if args.int8:
         int8 = dict(calib_method=args.calib_method or ORT_CALIB_METHODS[0],
-                    threads=args.latency_threads)
+                    threads=args.latency_threads, repeats=args.latency_repeats)
     if args.backend == 'openvino':
         openvino = dict(precision=args.precision, threads=args.latency_threads,
-                        preset=args.calib_method or NNCF_PRESETS[0])
+                        repeats=args.latency_repeats, preset=args.calib_method or NNCF_PRESETS[0])
     report = export_and_verify(
         config_path(args.deploy_cfg), cfg, args.checkpoint, args.img, args.work_dir,
         device=args.device, tolerances=dict(max_unmatched=args.max_unmatched), int8=int8,

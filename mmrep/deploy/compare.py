@@ -121,3 +121,20 @@ def clip_to_image(sample) -> int:
     changed = int((clipped != boxes).any(dim=1).sum())
     instances.bboxes = clipped
     return changed
+
+
+def compare_predictions(task: str, ref, test, top_k: int = 20) -> dict:
+    """Agreement of two models' data samples of one image (``ref`` as the reference).
+
+    ``task`` is mmdeploy's task type: segmentation compares labels; detection
+    boxes, scores and labels of ``ref``'s ``top_k`` detections, and masks when
+    both have them.
+    """
+    if task == 'Segmentation':
+        return compare_segmentation(ref.pred_sem_seg, test.pred_sem_seg)
+    if 'masks' in ref.pred_instances and 'masks' in test.pred_instances:
+        cmp = compare_instances(ref.pred_instances, test.pred_instances, top_k)
+    else:
+        cmp = compare_detections(ref.pred_instances, test.pred_instances, top_k)
+    cmp.pop('_pairs', None)
+    return cmp

@@ -35,7 +35,7 @@ from mmrep.engine.measure import time_ms
 
 from . import openvino as mov
 from .calibration import HeldOutSplit, Int8InputError, PreprocessedInputs, onnx_input
-from .compare import clip_to_image
+from .compare import clip_to_image, compare_predictions
 from .evaluation import (check_accuracy_floor, evaluate_model, metric_names, print_summary,
                          summarize)
 
@@ -99,7 +99,7 @@ def openvino_and_measure(processor, cfg, onnx_path: str, work_dir: str, task: st
         f32 agrees with PyTorch and the precision stays within ``max_drop``.
     """
     from .pipeline import TOLERANCES, compare_with_torch, verdict
-    from .quantize import compare_predictions, cpu_session
+    from .quantize import cpu_session
     tol = dict(TOLERANCES, **(tolerances or {}))
     requested = precision
     if precision is None:
@@ -151,10 +151,13 @@ def openvino_and_measure(processor, cfg, onnx_path: str, work_dir: str, task: st
 
     feed = {input_name: preprocess(check_data).numpy().astype(np.float32)}
     session = cpu_session(onnx_path, threads)
+    warmup = 3 if repeats >= 10 else 1
     section['latency_ms_ort_fp32'] = statistics.median(
-        time_ms(lambda: session.run(None, feed), repeats, 3))
-    section['latency_ms_openvino'] = statistics.median(time_ms(lambda: compiled(feed), repeats, 3))
-    section.update(latency_threads=threads, latency_input_shape=list(feed[input_name].shape),
+        time_ms(lambda: session.run(None, feed), repeats, warmup))
+    section['latency_ms_openvino'] = statistics.median(
+        time_ms(lambda: compiled(feed), repeats, warmup))
+    section.update(latency_threads=threads, latency_repeats=repeats,
+                   latency_input_shape=list(feed[input_name].shape),
                    speedup_vs_ort_fp32=section['latency_ms_ort_fp32'] / section['latency_ms_openvino'])
 
     if split is not None:

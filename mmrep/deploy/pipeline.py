@@ -31,8 +31,7 @@ from mmrep.reparam import count_unfused
 
 from .calibration import (DEFAULT_CALIB_IMAGES, DeployInputError, Int8InputError,
                           check_static_inputs, held_out_split)
-from .compare import (clip_to_image, compare_detections, compare_instances,
-                      compare_segmentation, compare_segmentation_logits)
+from .compare import clip_to_image, compare_predictions, compare_segmentation_logits
 from .evaluation import DEFAULT_MAX_DROP
 from .graph_checks import check_onnx_graph, count_conv2d_run
 
@@ -113,16 +112,16 @@ def segmentation_logits(torch_model, onnx_path: str, data: dict, run_onnx=None):
 
 def compare_with_torch(task: str, torch_model, ref, test, onnx_path: str, data: dict,
                        top_k: int, run_onnx=None) -> dict:
-    """Agreement of a backend's prediction ``test`` with PyTorch's ``ref`` on the check image."""
+    """Agreement of a backend's prediction ``test`` with PyTorch's ``ref`` on the check image.
+
+    Segmentation adds the class logits' agreement (labels alone cannot tell a
+    real difference from ties, see
+    :func:`~mmrep.deploy.compare.compare_segmentation_logits`).
+    """
+    cmp = compare_predictions(task, ref, test, top_k)
     if task == 'Segmentation':
-        cmp = compare_segmentation(ref.pred_sem_seg, test.pred_sem_seg)
         cmp.update(compare_segmentation_logits(
             *segmentation_logits(torch_model, onnx_path, data, run_onnx)))
-    elif 'masks' in ref.pred_instances and 'masks' in test.pred_instances:
-        cmp = compare_instances(ref.pred_instances, test.pred_instances, top_k)
-    else:
-        cmp = compare_detections(ref.pred_instances, test.pred_instances, top_k)
-    cmp.pop('_pairs', None)
     return cmp
 
 

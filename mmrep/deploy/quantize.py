@@ -37,8 +37,7 @@ from mmrep.engine.measure import time_ms
 
 from .calibration import (HeldOutSplit, Int8InputError,  # noqa: F401
                           PreprocessedInputs, onnx_input, shape_mismatch)
-from .compare import (clip_to_image, compare_detections, compare_instances,
-                      compare_segmentation)
+from .compare import clip_to_image, compare_predictions
 from .evaluation import (check_accuracy_floor, evaluate_model, metric_names, print_summary,
                          summarize)
 
@@ -213,18 +212,6 @@ def session_latency_ms(onnx_path: str, feed: Dict[str, np.ndarray], threads: int
     return statistics.median(time_ms(lambda: session.run(None, feed), repeats, warmup))
 
 
-def compare_predictions(task: str, ref, test, top_k: int = 20) -> dict:
-    """Agreement of two models' data samples (the first as reference)."""
-    if task == 'Segmentation':
-        return compare_segmentation(ref.pred_sem_seg, test.pred_sem_seg)
-    if 'masks' in ref.pred_instances and 'masks' in test.pred_instances:
-        cmp = compare_instances(ref.pred_instances, test.pred_instances, top_k)
-    else:
-        cmp = compare_detections(ref.pred_instances, test.pred_instances, top_k)
-    cmp.pop('_pairs', None)
-    return cmp
-
-
 def quantize_and_measure(processor, cfg, onnx_path: str, work_dir: str, task: str,
                          check_data: dict, fp32_model, split: HeldOutSplit, torch_model=None,
                          calib_method: str = DEFAULT_CALIB_METHOD,
@@ -284,9 +271,11 @@ def quantize_and_measure(processor, cfg, onnx_path: str, work_dir: str, task: st
     section['agreement_with_fp32'] = compare_predictions(task, ref, test, top_k)
 
     feed = {input_name: preprocess(check_data).numpy().astype(np.float32)}
-    section['latency_ms_fp32'] = session_latency_ms(onnx_path, feed, threads, repeats)
-    section['latency_ms_int8'] = session_latency_ms(int8_path, feed, threads, repeats)
-    section.update(latency_threads=threads, latency_input_shape=list(feed[input_name].shape),
+    warmup = 3 if repeats >= 10 else 1
+    section['latency_ms_fp32'] = session_latency_ms(onnx_path, feed, threads, repeats, warmup)
+    section['latency_ms_int8'] = session_latency_ms(int8_path, feed, threads, repeats, warmup)
+    section.update(latency_threads=threads, latency_repeats=repeats,
+                   latency_input_shape=list(feed[input_name].shape),
                    speedup=section['latency_ms_fp32'] / section['latency_ms_int8'])
 
     errors = []

@@ -44,6 +44,9 @@ def config_path(name: str) -> str:
         raise FileNotFoundError(f'config file {name} does not exist')
     import mmrep.config_scope  # noqa: F401  (mmengine's table then knows the mmrep:: scope)
     package = name.partition('::')[0]
+    if not package:
+        raise FileNotFoundError(f'config {name}: no package before "::" (e.g. '
+                                'mmrep::configs/deploy/detection_onnxruntime_static.py)')
     try:
         path, _ = Config._get_cfg_path(name, '')
     except FileNotFoundError as exc:
