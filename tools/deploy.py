@@ -150,12 +150,14 @@ if __name__ == '__main__':
     try:
         main()
     except Exception as exc:  # a clear reason and a non-zero exit for our own checks
+        from mmrep.checkpoint import NotACheckpointError, UntrustedCheckpointError
         from mmrep.deploy import ExportCheckError
         from mmrep.deploy.calibration import DeployInputError
         from mmrep.deploy.evaluation import AccuracyDropError
         from mmrep.deploy.openvino import OpenVINOError
         from mmrep.engine.deploy_utils import CheckpointMismatchError
         if not isinstance(exc, (ExportCheckError, CheckpointMismatchError, DeployInputError,
-                                AccuracyDropError, OpenVINOError, FileNotFoundError)):
+                                AccuracyDropError, OpenVINOError, FileNotFoundError,
+                                NotACheckpointError, UntrustedCheckpointError)):
             raise
         sys.exit(f'{type(exc).__name__}: {exc}')
