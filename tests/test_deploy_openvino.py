@@ -121,3 +121,21 @@ def test_mmdeploy_openvino_deploy_config_is_refused_before_export(tmp_path, shap
                           osp.join(shapes_root, 'val', 'val_0000.png'),
                           '--work-dir', str(tmp_path / 'work'), '--backend', 'openvino'])
     assert not osp.exists(tmp_path / 'work')
+
+
+def test_deformable_conv_is_refused_naming_the_op(tmp_path):
+    """The real case of an op OpenVINO rejects: mmdeploy's DCNv2 op of an onnxruntime graph."""
+    from test_export import _run, _small_detector_cfg
+    from mmrep.deploy import ExportCheckError
+    cfg = _small_detector_cfg()
+    cfg.model.neck.conv_cfg = dict(type='DCNv2', deform_groups=1)
+    with pytest.raises(ExportCheckError, match=r'mmdeploy::MMCVModulatedDeformConv2d \(x\d+\): '
+                                               r'a deformable convolution.*onnxruntime'):
+        _run(tmp_path, 'detection_onnxruntime_static.py', cfg, '--backend', 'openvino',
+             '--precision', 'f32')
+    with open(tmp_path / 'work' / 'report.json') as f:
+        report = json.load(f)
+    # the onnxruntime export itself is fine and verified; only OpenVINO cannot read it
+    assert report['agreement']['unmatched'] == 0 and not report['graph']['errors']
+    assert list(report['openvino']['unsupported_ops']) == ['mmdeploy::MMCVModulatedDeformConv2d']
+    assert not (tmp_path / 'work' / 'end2end.xml').exists()

@@ -73,16 +73,16 @@ def _train_dataset_cfg(cfg, pipeline: list, error=Int8InputError) -> dict:
     return dataset
 
 
-def build_dataset(dataset_cfg: dict, what: str, error=DeployInputError):
+def build_dataset(dataset_cfg: dict, what: str, error=DeployInputError, advice: str = ''):
     """Build a data set (unserialized: one process reads it); refuse an empty one."""
     from mmengine.registry import DATASETS
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints while loading
             dataset = DATASETS.build(dict(copy.deepcopy(dataset_cfg), serialize_data=False))
     except FileNotFoundError as exc:
-        raise error(f'the {what} cannot be read: {exc} ({_describe(dataset_cfg)})') from exc
+        raise error(f'the {what} cannot be read: {exc} ({_describe(dataset_cfg)}){advice}') from exc
     if len(dataset) == 0:
-        raise error(f'the {what} has no images ({_describe(dataset_cfg)})')
+        raise error(f'the {what} has no images ({_describe(dataset_cfg)}){advice}')
     return dataset
 
 
@@ -154,7 +154,9 @@ def held_out_split(cfg, calib_images: Optional[int] = DEFAULT_CALIB_IMAGES,
     if calib_images is not None:
         if calib_from == 'train':
             train_cfg = _train_dataset_cfg(cfg, val_cfg['dataset'].get('pipeline', []))
-            train = build_dataset(train_cfg, 'training set of the model config', Int8InputError)
+            train = build_dataset(train_cfg, 'training set of the model config', Int8InputError,
+                                  '; pass --calib-from val to calibrate on val images left out '
+                                  'of the evaluation')
             chosen = spread_indices(calib_images, len(train))
             val_paths = {image_path(val, i) for i in val_indices} if evaluate else set()
             shared = [image_path(train, i) for i in chosen if image_path(train, i) in val_paths]
