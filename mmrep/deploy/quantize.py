@@ -123,9 +123,11 @@ def _at_least_opset(onnx_path: str, opset: int, out_path: str) -> str:
 # Histogram settings of the calibrators. onnxruntime's quantize_static gives its
 # entropy calibrator 128 histogram bins and 128 quantized bins: then the only
 # candidate range is the whole one and "entropy" equals minmax. TensorRT's
-# entropy calibration (the one the YOLOv7 PTQ figures used) searches 2048 bins
-# for the best 128-bin clipping; we calibrate with those settings.
-CALIBRATOR_OPTIONS = dict(minmax={}, entropy=dict(num_bins=2048, num_quantized_bins=128),
+# entropy calibration (the one the YOLOv7 PTQ figures used) histograms |x| in
+# 2048 bins and looks for the 128-level clipping closest in KL divergence.
+# onnxruntime's histogram spans [-max, max] with the zero bin in the middle, so
+# the same search per side needs 4096 bins and 256 quantized bins.
+CALIBRATOR_OPTIONS = dict(minmax={}, entropy=dict(num_bins=4096, num_quantized_bins=256),
                           percentile=dict(num_bins=2048, percentile=99.999))
 
 
