@@ -137,3 +137,27 @@ def check_accuracy_floor(section: dict, names, max_drop: Optional[float],
             errors.append(f'{name} fell {points(name, drop):.1f} points from {reference_label} to '
                           f'{lowered_label}, more than --max-drop {max_drop:g}')
     return errors
+
+
+def evaluate_models(section: dict, cfg, split, task: str, has_masks: bool, models: Dict,
+                    labels: Dict[str, str], reference: str, lowered: str,
+                    max_drop: Optional[float]) -> List[str]:
+    """Evaluate ``models`` (kind -> model) on ``split.evaluation``; fill and print ``section``.
+
+    Puts each model's metrics in ``section['metrics']``, ``{name}_{kind}``
+    values and the ``reference`` -> ``lowered`` drop in ``section``, prints
+    the labelled summary, and returns the accuracy-floor errors (also in
+    ``section['accuracy_errors']``; none when ``lowered == reference``).
+    """
+    names = metric_names(task, has_masks)
+    section['metrics'] = {}
+    for step, (kind, model) in enumerate(models.items(), 1):
+        section['metrics'][kind] = evaluate_model(
+            model, cfg, split.evaluation, f'[{step}/{len(models)}] {labels[kind]}')
+    summarize(section, names, models, reference, lowered)
+    print_summary(section, names, {k: labels[k] for k in models}, reference, lowered,
+                  f'{len(split.evaluation_ids)} held-out images')
+    errors = [] if lowered == reference else check_accuracy_floor(
+        section, names, max_drop, labels[reference], labels[lowered])
+    section['accuracy_errors'] = errors
+    return errors

@@ -36,8 +36,7 @@ from mmrep.engine.measure import time_ms
 from . import openvino as mov
 from .calibration import HeldOutSplit, Int8InputError, PreprocessedInputs, onnx_input
 from .compare import clip_to_image, compare_predictions
-from .evaluation import (check_accuracy_floor, evaluate_model, metric_names, print_summary,
-                         summarize)
+from .evaluation import evaluate_models
 
 SUPPORTED_TASKS = ('ObjectDetection', 'Segmentation')
 LABELS = dict(torch_fp32='PyTorch fp32 (fused)', fp32='OpenVINO f32', bf16='OpenVINO bf16',
@@ -163,22 +162,12 @@ def openvino_and_measure(processor, cfg, onnx_path: str, work_dir: str, task: st
     if split is not None:
         section.update(split.report())
     if split is not None and split.evaluation is not None:
-        has_masks = task != 'Segmentation' and 'masks' in torch_prediction.pred_instances
-        names = metric_names(task, has_masks)
         models = dict(torch_fp32=torch_model, fp32=f32)
         if precision != 'f32':
             models[precision] = chosen
-        section['metrics'] = {}
-        for step, (kind, model) in enumerate(models.items(), 1):
-            section['metrics'][kind] = evaluate_model(
-                model, cfg, split.evaluation, f'[{step}/{len(models)}] {LABELS[kind]}')
-        lowered = precision if precision != 'f32' else 'fp32'
-        summarize(section, names, models, 'fp32', lowered)
-        print_summary(section, names, {k: LABELS[k] for k in models}, 'fp32', lowered,
-                      f'{len(split.evaluation_ids)} held-out images')
-        if precision != 'f32':
-            section['accuracy_errors'] = check_accuracy_floor(
-                section, names, max_drop, LABELS['fp32'], LABELS[precision])
-            errors += section['accuracy_errors']
+        errors += evaluate_models(
+            section, cfg, split, task,
+            task != 'Segmentation' and 'masks' in torch_prediction.pred_instances, models, LABELS,
+            'fp32', precision if precision != 'f32' else 'fp32', max_drop)
     section['errors'] = errors
     return section

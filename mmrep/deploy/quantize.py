@@ -38,8 +38,7 @@ from mmrep.engine.measure import time_ms
 from .calibration import (HeldOutSplit, Int8InputError,  # noqa: F401
                           PreprocessedInputs, onnx_input, shape_mismatch)
 from .compare import clip_to_image, compare_predictions
-from .evaluation import (check_accuracy_floor, evaluate_model, metric_names, print_summary,
-                         summarize)
+from .evaluation import evaluate_models
 
 # mmdeploy task types we quantize (instance segmentation runs as ObjectDetection with masks)
 SUPPORTED_TASKS = ('ObjectDetection', 'Segmentation')
@@ -284,20 +283,11 @@ def quantize_and_measure(processor, cfg, onnx_path: str, work_dir: str, task: st
     if section['graph']['quantized_convs'] == 0:
         errors.append('the INT8 model has no quantized Conv')
     if split.evaluation is not None:
-        names = metric_names(task, 'masks' in ref.pred_instances if task != 'Segmentation' else False)
         labels = dict(torch_fp32='PyTorch fp32 (fused)', fp32='ONNX fp32 (onnxruntime)',
                       int8='ONNX INT8 (onnxruntime)')
         models = dict(torch_fp32=torch_model, fp32=fp32_model, int8=int8_model)
-        models = {k: m for k, m in models.items() if m is not None}
-        section['metrics'] = {}
-        for step, (kind, model) in enumerate(models.items(), 1):
-            section['metrics'][kind] = evaluate_model(
-                model, cfg, split.evaluation, f'[{step}/{len(models)}] {labels[kind]}')
-        summarize(section, names, models, 'fp32', 'int8')
-        print_summary(section, names, {k: labels[k] for k in models}, 'fp32', 'int8',
-                      f'{len(split.evaluation_ids)} held-out images')
-        section['accuracy_errors'] = check_accuracy_floor(section, names, max_drop,
-                                                          labels['fp32'], labels['int8'])
-        errors += section['accuracy_errors']
+        errors += evaluate_models(
+            section, cfg, split, task, task != 'Segmentation' and 'masks' in ref.pred_instances,
+            {k: m for k, m in models.items() if m is not None}, labels, 'fp32', 'int8', max_drop)
     section['errors'] = errors
     return section
