@@ -2,8 +2,9 @@
 
 Trains (unless its checkpoint is there) the RetinaNet-RepVGG-A0 and
 RetinaNet-QARepVGG-A0 shapes configs and the UPerNet-RepVGG-A0 CamVid config
-with a schedule shortened to fit a CPU, then runs ``tools/deploy.py`` on each
-with ``--eval`` once per precision / calibration method:
+with a schedule shortened to fit a CPU and from random weights, then runs
+``tools/deploy.py`` on each with ``--eval`` once per precision / calibration
+method:
 
 * onnxruntime INT8: ``--calib-method minmax``, ``entropy``, ``percentile``;
 * OpenVINO: ``--precision bf16``, and ``int8`` with the NNCF presets
@@ -55,8 +56,14 @@ RUNS = {
 
 
 def train_options(kind: str, iters: int) -> list:
-    """The config's recipe with its schedule shortened to ``iters``, seeded."""
-    common = [f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
+    """The config's recipe with its schedule shortened to ``iters``, seeded, from scratch.
+
+    From scratch (``init_cfg=None``): the UPerNet config names ImageNet weights
+    on the hub, which an offline machine cannot fetch; the shapes configs start
+    from random weights anyway.
+    """
+    common = ['model.backbone.init_cfg=None',
+              f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
               f'default_hooks.checkpoint.interval={iters}', 'randomness.seed=0',
               'train_dataloader.num_workers=1', 'val_dataloader.num_workers=0',
               'val_dataloader.persistent_workers=False']
