@@ -17,7 +17,7 @@ which none of them calibrated on. Each run writes its report.json under
 and writes ``WORK_DIR/int8_calibration.json``.
 
     python benchmarks/int8_calibration.py [--work-dir work_dirs/int8_calibration]
-        [--det-iters 400] [--seg-iters 600] [--only-table] [--latency-threads 1]
+        [--det-iters 400] [--seg-iters 300] [--only-table] [--latency-threads 1]
 
 Accuracy figures do not depend on the machine's load; latency figures do:
 publish those only from a run on an otherwise idle machine.
@@ -147,7 +147,7 @@ def main():
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--work-dir', default=osp.join(ROOT, 'work_dirs', 'int8_calibration'))
     parser.add_argument('--det-iters', type=int, default=400, help='RetinaNet training iterations')
-    parser.add_argument('--seg-iters', type=int, default=600, help='UPerNet training iterations')
+    parser.add_argument('--seg-iters', type=int, default=300, help='UPerNet training iterations')
     parser.add_argument('--calib-images', type=int, default=32)
     parser.add_argument('--latency-threads', type=int, default=1)
     parser.add_argument('--models', nargs='+', default=list(MODELS), choices=list(MODELS))
