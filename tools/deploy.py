@@ -38,17 +38,26 @@ ORT_CALIB_METHODS = ('minmax', 'entropy', 'percentile')
 NNCF_PRESETS = ('performance', 'mixed')
 
 
+class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default where there is one (not for flags, nor where the help says it)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='Export a fused mmrep model to ONNX and verify it; INT8 / OpenVINO',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpWithDefaults)
     parser.add_argument('deploy_cfg', help='deploy config, a path or e.g. '
                         'mmrep::configs/deploy/detection_onnxruntime_static.py')
     parser.add_argument('model_cfg', help='the training config, a path or mmrep::configs/<name>.py')
     parser.add_argument('checkpoint', help='the unfused (training) checkpoint')
     parser.add_argument('img', help='a real image to export with and to compare on')
     parser.add_argument('--work-dir', required=True, help='output directory')
-    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--device', default='cpu', help='where PyTorch runs for the export')
     parser.add_argument('--max-unmatched', type=int, default=0,
                         help='top-20 PyTorch detections allowed without a backend match '
                              '(two-stage detectors choose RPN proposals slightly differently)')
