@@ -165,9 +165,10 @@ def test_upernet_int8_with_miou(tmp_path):
     image = osp.join(camvid, 'test', sorted(os.listdir(osp.join(camvid, 'test')))[0])
     report = _deploy(tmp_path, 'upernet_repvgg-a0_camvid.py',
                      'segmentation_onnxruntime_static.py', image,
-                     '--int8', '--calib-images', '2', '--eval')
+                     '--int8', '--calib-images', '2', '--eval', '--max-drop', '-1')
     assert report['ok'], report['errors']
     int8 = report['int8']
+    assert int8['calibration_source'] == 'train' and int8['max_drop_points'] is None
     assert int8['graph']['quantized_convs'] == int8['graph']['conv_nodes'] == 35
     assert int8['agreement_with_fp32']['pixels'] == 480 * 360
     assert int8['eval_images'] == len(os.listdir(osp.join(camvid, 'val')))

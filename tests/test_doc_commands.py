@@ -46,7 +46,7 @@ RUN_BY = {
     r'\.venv/bin/python tools/reparameterize\.py ': [
         'tests/test_detection_e2e.py::test_reparameterize_tool_round_trip_and_errors',
         'tests/test_openmmlab_glue.py::test_hook_and_reparameterize_tool_work_unchanged_on_other_families'],
-    r'\.venv/bin/python tools/deploy\.py (?!.*--int8)': [
+    r'\.venv/bin/python tools/deploy\.py (?!.*--int8)(?!.*--backend openvino)': [
         'tests/test_export.py::test_retinanet_repghost_static_export',
         'tests/test_deploy_configs.py::test_detection_configs_export'],
     r'\.venv/bin/python tools/benchmark\.py ': [
@@ -56,7 +56,13 @@ RUN_BY = {
         'tests/test_pretrained_names.py::test_train_shipped_config_without_the_hub_stops_with_the_point_4_error'],
     r'\.venv/bin/python tools/deploy\.py .*--int8': [
         'tests/test_int8.py::test_int8_end_to_end_report',
+        'tests/test_int8.py::test_calibration_on_held_out_val_images',
         'tests/test_deploy_configs.py::test_upernet_int8_with_miou'],
+    r'\.venv/bin/python tools/deploy\.py .*--backend openvino': [
+        'tests/test_deploy_openvino.py::test_detection_openvino_int8_end_to_end',
+        'tests/test_deploy_openvino.py::test_segmentation_in_openvino_default_precision'],
+    r'\.venv/bin/python demo/onnx_inference\.py ': [
+        'tests/test_onnx_inference_demo.py::test_demo_runs_without_mmdeploy_torch_or_mmdet'],
 }
 
 # mmrep's command lines whose argument parsers a quoted command must satisfy

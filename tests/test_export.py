@@ -113,15 +113,20 @@ def _segmentor_cfg() -> Config:
         test_dataloader=dict(batch_size=1, dataset=dict(type='CamVidDataset', pipeline=pipeline))))
 
 
-def test_repvgg_fcn_segmentation_export(tmp_path):
+def _run_segmentor(tmp_path, *extra) -> dict:
+    """tools/deploy.py on the small segmentor (random weights) and a CamVid test image."""
     image = sorted(os.listdir(osp.join(shared_data('camvid'), 'test')))[0]
     cfg = _segmentor_cfg()
     cfg_path = str(tmp_path / 'seg_cfg.py')
     cfg.dump(cfg_path)
     ckpt = _random_checkpoint(cfg, str(tmp_path / 'unfused.pth'))
-    report = deploy_tool.main([osp.join(DEPLOY_DIR, 'segmentation_onnxruntime_static.py'),
-                               cfg_path, ckpt, osp.join(shared_data('camvid'), 'test', image),
-                               '--work-dir', str(tmp_path / 'work')])
+    return deploy_tool.main([osp.join(DEPLOY_DIR, 'segmentation_onnxruntime_static.py'),
+                             cfg_path, ckpt, osp.join(shared_data('camvid'), 'test', image),
+                             '--work-dir', str(tmp_path / 'work'), *extra])
+
+
+def test_repvgg_fcn_segmentation_export(tmp_path):
+    report = _run_segmentor(tmp_path)
     assert report['ok'], report['errors']
     assert report['graph']['bn_nodes'] == 0
     assert report['graph']['conv_weights'] == report['graph']['torch_conv2d'] > 0

@@ -96,6 +96,7 @@ def test_mmdeploy_torch2onnx_fuses_whole_model(config, tmp_path):
 
 def test_fusion_wrapper_is_installed_once():
     from mmdeploy.codebase.base.task import BaseTask
+    assert fuse_in_mmdeploy_tasks() is True
     wrapper = BaseTask.build_pytorch_model
     assert fuse_in_mmdeploy_tasks() is True
     assert BaseTask.build_pytorch_model is wrapper and wrapper.fuses_mmrep_blocks

@@ -20,7 +20,7 @@ from mmrep.engine.deploy_utils import CheckpointMismatchError, load_checked, sav
 
 def parse_args():
     parser = argparse.ArgumentParser(description='Fuse (re-parameterize) a trained model')
-    parser.add_argument('config', help='the training config')
+    parser.add_argument('config', help='the training config (a path or mmrep::configs/<name>.py)')
     parser.add_argument('checkpoint', help='the unfused checkpoint')
     parser.add_argument('out_dir', help='where to write <checkpoint>_fused.pth and <config>_fused.py')
     parser.add_argument('--force', action='store_true', help='overwrite existing outputs')
@@ -37,6 +37,7 @@ def build_model(cfg: Config) -> torch.nn.Module:
 
 def main(argv=None):
     args = parse_args() if argv is None else argv
+    args.config = cli.config_path(args.config)  # a path or mmrep::configs/<name>.py
     cfg = cli.read_config(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)

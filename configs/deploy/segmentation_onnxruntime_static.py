@@ -2,4 +2,4 @@
 _base_ = ['./_base_/onnx_config.py']
 onnx_config = dict(output_names=['output'], input_shape=None)
 codebase_config = dict(
-    type='mmseg', task='Segmentation', with_argmax=True, module=['mmrep.deploy'])
+    type='mmseg', task='Segmentation', with_argmax=True, module=['mmrep.deploy.mmdeploy_setup'])

@@ -98,3 +98,43 @@ def compare_segmentation_logits(ref, test) -> dict:
                 logits_rel_diff=diff / scale, logit_argmax_agreement=float(1 - flips.mean()),
                 logit_argmax_flips=int(flips.sum()), flip_max_margin=flip_margin,
                 median_top2_margin=float(np.median(margin)))
+
+
+def clip_to_image(sample) -> int:
+    """Clip a detection data sample's boxes to its original image, in place; returns how many changed.
+
+    mmdet clips boxes to the resized image before rescaling them. mmdeploy's
+    static-shape graphs clip to the network input, which includes the padding to
+    ``pad_size_divisor``: a box can reach into the padding, past the image's
+    bottom or right edge (on a 640x426 image read at 128x85 and padded to 96,
+    up to y=481). The graph cannot know the image size of a later input, so the
+    host clips, as mmdet does. A sample without boxes is left as it is.
+    """
+    instances = getattr(sample, 'pred_instances', None)
+    if instances is None or 'bboxes' not in instances or 'ori_shape' not in sample.metainfo:
+        return 0
+    height, width = sample.metainfo['ori_shape'][:2]
+    boxes = instances.bboxes
+    clipped = boxes.clone()
+    clipped[:, 0::2] = clipped[:, 0::2].clamp(0, width)
+    clipped[:, 1::2] = clipped[:, 1::2].clamp(0, height)
+    changed = int((clipped != boxes).any(dim=1).sum())
+    instances.bboxes = clipped
+    return changed
+
+
+def compare_predictions(task: str, ref, test, top_k: int = 20) -> dict:
+    """Agreement of two models' data samples of one image (``ref`` as the reference).
+
+    ``task`` is mmdeploy's task type: segmentation compares labels; detection
+    boxes, scores and labels of ``ref``'s ``top_k`` detections, and masks when
+    both have them.
+    """
+    if task == 'Segmentation':
+        return compare_segmentation(ref.pred_sem_seg, test.pred_sem_seg)
+    if 'masks' in ref.pred_instances and 'masks' in test.pred_instances:
+        cmp = compare_instances(ref.pred_instances, test.pred_instances, top_k)
+    else:
+        cmp = compare_detections(ref.pred_instances, test.pred_instances, top_k)
+    cmp.pop('_pairs', None)
+    return cmp

@@ -11,9 +11,10 @@ wrapped method fuses the whole model with :func:`mmrep.reparameterize_model`
 right after mmdeploy has built it. A model without unfused mmrep blocks is
 returned as it is.
 
-Deploy configs import :mod:`mmrep.deploy` through ``codebase_config.module``;
-mmdeploy imports that in every process before it builds a task processor, so
-the wrapper is in place when ``build_pytorch_model`` runs.
+Deploy configs import :mod:`mmrep.deploy.mmdeploy_setup` through
+``codebase_config.module``; mmdeploy imports that in every process before it
+builds a task processor, so the wrapper is in place when
+``build_pytorch_model`` runs. Importing this module wraps nothing.
 """
 from __future__ import annotations
 

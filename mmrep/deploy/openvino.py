@@ -200,7 +200,10 @@ def quantize(model, calibration: Iterable, preset: str = DEFAULT_NNCF_PRESET,
     Args:
         model: an ``openvino.Model`` (e.g. :func:`read_model`).
         calibration: inputs to calibrate on: dicts ``{input name: array}`` or
-            arrays of the one input; every item is used (``subset_size``).
+            arrays of the one input; every item is used (``subset_size``). A
+            re-iterable sized object (a list, or
+            :class:`~mmrep.deploy.calibration.PreprocessedInputs`, which reads
+            images lazily) is iterated as it is; anything else is listed first.
         preset: NNCF's ``'performance'`` (symmetric activations) or ``'mixed'``
             (asymmetric activations).
         op_types: OpenVINO op types whose inputs are quantized; every other op
@@ -211,8 +214,8 @@ def quantize(model, calibration: Iterable, preset: str = DEFAULT_NNCF_PRESET,
     """
     if preset not in NNCF_PRESETS:
         raise OpenVINOError(f'unknown NNCF preset {preset!r}; choose one of {", ".join(NNCF_PRESETS)}')
-    items = list(calibration)
-    if not items:
+    items = calibration if hasattr(calibration, '__len__') else list(calibration)
+    if not len(items):
         raise OpenVINOError('INT8 quantization needs at least one calibration input')
     import nncf  # slow to import: only here
     present = {op.get_type_name() for op in model.get_ordered_ops()}

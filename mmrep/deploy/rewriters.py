@@ -41,14 +41,24 @@ def exact_adaptive_avg_pool2d(x: torch.Tensor, output_size) -> torch.Tensor:
     return torch.matmul(torch.matmul(rows, x), cols.t())
 
 
-try:
-    from mmdeploy.core import FUNCTION_REWRITER
-    from mmdeploy.pytorch.functions.adaptive_pool import adaptive_avg_pool2d__default
-    from mmdeploy.utils import is_dynamic_shape
-except ImportError:  # mmdeploy is an optional (deploy) dependency
-    FUNCTION_REWRITER = None
+_registered = False
 
-if FUNCTION_REWRITER is not None:
+
+def register_rewriters() -> bool:
+    """Register the exact export with mmdeploy (onnxruntime backend); once. False without mmdeploy.
+
+    Called by :func:`mmrep.deploy.mmdeploy_setup.setup_mmdeploy`, not at import:
+    importing :func:`exact_adaptive_avg_pool2d` must not change mmdeploy.
+    """
+    global _registered
+    if _registered:
+        return True
+    try:
+        from mmdeploy.core import FUNCTION_REWRITER
+        from mmdeploy.pytorch.functions.adaptive_pool import adaptive_avg_pool2d__default
+        from mmdeploy.utils import is_dynamic_shape
+    except ImportError:  # mmdeploy is an optional (deploy) dependency
+        return False
 
     @FUNCTION_REWRITER.register_rewriter(
         func_name='torch.nn.functional.adaptive_avg_pool2d', backend='onnxruntime')
@@ -58,3 +68,6 @@ if FUNCTION_REWRITER is not None:
         if is_dynamic_shape(ctx.cfg):
             return adaptive_avg_pool2d__default(input, output_size)
         return exact_adaptive_avg_pool2d(input, output_size)
+
+    _registered = True
+    return True

@@ -1,10 +1,11 @@
-# Detection codebase settings; `module` imports mmrep.deploy (export fixes for torch>=2.9).
+# Detection codebase settings; `module` imports mmrep.deploy.mmdeploy_setup (fusion in
+# mmdeploy's own tools, torch>=2.9 export fixes, exact adaptive pooling).
 _base_ = ['./onnx_config.py']
 codebase_config = dict(
     type='mmdet',
     task='ObjectDetection',
     model_type='end2end',
-    module=['mmrep.deploy'],
+    module=['mmrep.deploy.mmdeploy_setup'],
     post_processing=dict(
         score_threshold=0.05,
         confidence_threshold=0.005,
