@@ -12,13 +12,15 @@ from mmseg.registry import MODELS as MMSEG_MODELS
 
 from mmrep.engine.cpu_ddp import CPUDistributedDataParallel
 from mmrep.engine.rep_deploy_hook import RepDeployHook
+from mmrep.models.backbones.mobileone import MobileOne
 from mmrep.models.backbones.orepa_resnet import OREPAResNet
 from mmrep.models.backbones.repghostnet import RepGhostNet
 from mmrep.models.backbones.replknet import RepLKNet
 from mmrep.models.backbones.repvgg import RepVGG
+from mmrep.models.backbones.repvit import RepViT
 from mmrep.models.necks.rep_pafpn import RepPAFPN
 
-MODEL_CLASSES = (RepVGG, RepGhostNet, OREPAResNet, RepLKNet, RepPAFPN)
+MODEL_CLASSES = (RepVGG, RepGhostNet, OREPAResNet, RepLKNet, MobileOne, RepViT, RepPAFPN)
 HOOK_CLASSES = (RepDeployHook,)
 
 for _registry in (MMDET_MODELS, MMSEG_MODELS):

@@ -16,6 +16,21 @@ NormLayer = Callable[[int], nn.Module]
 ActLayer = Callable[[], nn.Module]
 
 
+def make_divisible(value: float, divisor: int = 4, min_value: Optional[int] = None,
+                   round_limit: float = 0.9) -> int:
+    """Round ``value`` to the nearest multiple of ``divisor`` (at least ``min_value``,
+    default ``divisor``), rounding up when the nearest one is below ``round_limit * value``.
+
+    The MobileNet / GhostNet / RepGhostNet channel rule (``round_limit=0.9``);
+    timm's squeeze-excitation widths (RepViT) use ``round_limit=0``: plain rounding.
+    """
+    min_value = divisor if min_value is None else min_value
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < round_limit * value:
+        rounded += divisor
+    return rounded
+
+
 class ReparamModule(nn.Module):
     """A block with a multi-branch training form and a single-conv deploy form.
 

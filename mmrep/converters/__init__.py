@@ -35,6 +35,8 @@ FAMILY_MODULES = {
     'repghostnet': 'mmrep.converters.repghostnet',
     'orepa': 'mmrep.converters.orepa_resnet',
     'replknet': 'mmrep.converters.replknet',
+    'mobileone': 'mmrep.converters.mobileone',
+    'repvit': 'mmrep.converters.repvit',
 }
 
 
@@ -45,7 +47,7 @@ def _family_module(name: str) -> ModuleType:
 
 
 def __getattr__(name: str):
-    if name == 'FAMILIES':  # {FAMILY: module} of all four families
+    if name == 'FAMILIES':  # {FAMILY: module} of every family
         modules = [_family_module(key) for key in FAMILY_MODULES]
         return {module.FAMILY: module for module in modules}
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
@@ -66,7 +68,8 @@ def find_family(arch: str) -> ModuleType:
                               f'{", ".join(module.ARCHS)}')
     raise ConversionError(f'unknown --arch {arch!r}; archs start with '
                           f'{", ".join(k + "-" for k in FAMILY_MODULES)} '
-                          '(e.g. repvgg-a0, repghostnet-1.0x, orepa-resnet50, replknet-31b)')
+                          '(e.g. repvgg-a0, repghostnet-1.0x, orepa-resnet50, replknet-31b, mobileone-s0, '
+                          'repvit-m1.1)')
 
 
 def load_source(path: str, unsafe: bool = False):

@@ -1,0 +1,81 @@
+"""MobileOne checkpoints of apple/ml-mobileone, timm (``mobileone_s*``) and mmpretrain (``MobileOne``).
+
+All three build the same network (stem block, then pairs of depthwise /
+pointwise blocks per stage), so conversion is renaming only, in training
+form (official ``mobileone_s*_unfused.pth.tar``, timm ``mobileone_s*.apple_in1k``,
+mmpretrain ``mobileone-s*_8xb32_in1k``) and in deploy form (official
+``mobileone_s*.pth.tar`` and ``reparameterize_model``, timm
+``reparameterize_model``, mmpretrain ``switch_to_deploy``):
+
+====================  =====================  ======================  ==========================
+mmrep                 official               timm                    mmpretrain
+====================  =====================  ======================  ==========================
+``stem``              ``stage0``             ``stem``                ``stage0``
+``stages.{i}``        ``stage{i+1}``         ``stages.{i}``          ``stage{i+1}``
+``branch_convs.{k}``  ``rbr_conv.{k}``       ``conv_kxk.{k}``        ``branch_conv_list.{k}`` (conv, norm)
+``branch_scale``      ``rbr_scale``          ``conv_scale``          ``branch_scale`` (conv, norm)
+``branch_identity``   ``rbr_skip``           ``identity``            ``branch_norm``
+``branch_reparam``    ``reparam_conv``       ``reparam_conv``        ``branch_reparam``
+``se.down/up``        ``se.reduce/expand``   ``attn.fc1/fc2``        ``se.conv1/conv2.conv``
+(dropped)             ``linear``             ``head``                ``head`` (outside ``backbone.``)
+====================  =====================  ======================  ==========================
+
+The official deploy form has no ``rbr_*`` keys and so cannot be told from
+another layout by its branches; its stem prefix ``stage0.`` is shared with
+mmpretrain, whose deploy keys say ``branch_reparam`` instead.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+from torch import Tensor
+
+from mmrep.converters.common import (Conversion, check_request, detect_deploy, drop_by_prefix,
+                                     rename_by_prefix, rename_parts, require_prefix)
+from mmrep.models.backbones.base import NUM_STAGES
+from mmrep.models.backbones.mobileone import MobileOne
+
+FAMILY = 'mobileone'
+SOURCES = ('official', 'timm', 'mmpretrain')
+ARCHS = {f'mobileone-{name}': dict(type='MobileOne', arch=name)
+         for name in MobileOne.arch_settings}
+
+# Per source: stem prefix, stage prefix (format with the stage number from
+# 'first_stage'), block part renames (applied in passes: a key gets at most one
+# rename per pass), head prefixes, and the prefixes that show the layout.
+_LAYOUTS = {
+    'official': dict(
+        stem='stage0.', stage='stage{}.', first_stage=1,
+        parts=((('rbr_conv', 'branch_convs'), ('rbr_scale', 'branch_scale'),
+                ('rbr_skip', 'branch_identity'), ('reparam_conv', 'branch_reparam'),
+                ('se.reduce', 'se.down'), ('se.expand', 'se.up')),),
+        head=('linear.',), signature=('stage0.rbr_conv.', 'stage0.reparam_conv.')),
+    'timm': dict(
+        stem='stem.', stage='stages.{}.', first_stage=0,
+        parts=((('conv_kxk', 'branch_convs'), ('conv_scale', 'branch_scale'),
+                ('identity', 'branch_identity'), ('reparam_conv', 'branch_reparam'),
+                ('attn.fc1', 'se.down'), ('attn.fc2', 'se.up')),),
+        head=('head.', 'final_conv.'), signature=('stem.conv_kxk.', 'stem.reparam_conv.')),
+    'mmpretrain': dict(
+        stem='stage0.', stage='stage{}.', first_stage=1,
+        parts=((('branch_conv_list', 'branch_convs'), ('branch_norm', 'branch_identity'),
+                ('se.conv1.conv', 'se.down'), ('se.conv2.conv', 'se.up')),
+               (('norm', 'bn'),)),  # the BN of each conv-BN branch
+        head=('head.', 'neck.'), signature=('stage0.branch_conv_list.', 'stage0.branch_reparam.')),
+}
+
+
+def convert(state: Dict[str, Tensor], source: str, arch: str) -> Conversion:
+    """Rename the MobileOne weights of ``source`` to mmrep's; the form (train / deploy) is detected."""
+    check_request('MobileOne', SOURCES, ARCHS, source, arch)
+    layout = _LAYOUTS[source]
+    require_prefix(state, layout['signature'], f'{source} MobileOne')
+    state, dropped = drop_by_prefix(state, layout['head'])
+    stages = [(layout['stage'].format(i + layout['first_stage']), f'stages.{i}.')
+              for i in range(NUM_STAGES)]
+    state = rename_by_prefix(state, [(layout['stem'], 'stem.')] + stages)
+    for parts in layout['parts']:
+        state = rename_parts(state, parts)
+    deploy = detect_deploy(state, r'\.branch_reparam\.',
+                           r'\.branch_(convs|scale|identity)\.', f'{source} MobileOne')
+    return Conversion(state, dropped, deploy)

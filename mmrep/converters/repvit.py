@@ -1,0 +1,184 @@
+"""RepViT checkpoints of THU-MIG/RepViT and timm (``repvit_*``) -> mmrep ``RepViT``.
+
+The official network is one flat list, ``features.0`` (the stem) then one
+entry per block; timm groups the same blocks into stages, with the stride-1
+block before each stride-2 block as its ``downsample.pre_block``. mmrep
+uses timm's stages but keeps that block in the stage list
+(``stages.{i}.0``), followed by the stride-2 block (``stages.{i}.1``):
+
+==============================  ==============================  ===================================
+mmrep                           official (``features.{f}``)     timm
+==============================  ==============================  ===================================
+``stem.0`` / ``stem.1``         ``features.0.0`` / ``.0.2``     ``stem.conv1`` / ``stem.conv2``
+``stages.{i}.{j}`` (block)      ``features.{f}``                ``stages.{i}.blocks.{j'}``
+``stages.{i}.0`` (pre-block)    ``features.{f}``                ``stages.{i}.downsample.pre_block``
+``stages.{i}.1`` (stride 2)     ``features.{f}``                ``stages.{i}.downsample``
+``token_mixer.branch_3x3``      ``token_mixer.0.conv``          ``token_mixer.conv``
+``token_mixer.branch_1x1``      ``token_mixer.0.conv1``         ``token_mixer.conv1``
+``token_mixer.post_norm``       ``token_mixer.0.bn``            ``token_mixer.bn``
+``se.down/up``                  ``token_mixer.1.fc1/fc2``       ``se.fc1/fc2``
+``channel_mixer.conv1/conv2``   ``channel_mixer.m.0/m.2``       ``channel_mixer.conv1/conv2``
+``spatial_downsample``          ``token_mixer.0``               ``downsample.spatial_downsample``
+``channel_downsample``          ``token_mixer.2``               ``downsample.channel_downsample``
+``ffn.conv1/conv2``             ``channel_mixer.m.0/m.2``       ``downsample.ffn.conv1/conv2``
+conv-BN ``conv`` / ``bn``       ``c`` / ``bn``                  ``c`` / ``bn``
+(dropped)                       ``classifier``                  ``head``
+==============================  ==============================  ===================================
+
+Deploy form (official ``utils.replace_batchnorm``, timm ``RepVit.fuse``):
+each conv-BN and each token mixer became one ``nn.Conv2d`` at the module's
+own path (``features.0.0.weight``, ``...token_mixer.0.weight``), which maps
+to mmrep's ``conv`` / ``branch_reparam``.
+
+The legacy archs m1/m2/m3 (the first official release, timm ``legacy=True``)
+have ``token_mixer...conv1.{c,bn}`` and no ``token_mixer...bn``; any other
+arch refuses them by those keys.
+"""
+from __future__ import annotations
+
+import re
+from functools import partial
+from typing import Dict, List, Tuple
+
+from torch import Tensor
+
+from mmrep.converters.common import (Conversion, ConversionError, check_request,
+                                     detect_deploy, first_keys, require_prefix)
+from mmrep.models.backbones.repvit import RepViT
+
+FAMILY = 'repvit'
+SOURCES = ('official', 'timm')
+ARCHS = {f'repvit-{name}': dict(type='RepViT', arch=name) for name in RepViT.arch_settings}
+HEADS = {'official': ('classifier.',), 'timm': ('head.',)}
+
+# Module kinds and, per kind, how the leaves of a source module become mmrep's:
+# (training-form source leaf prefix, mmrep leaf prefix), then the deploy form
+# (None: the module has no fused form and keeps its leaves).
+_FUSED_TOKEN_MIXER = (('weight', 'branch_reparam.weight'), ('bias', 'branch_reparam.bias'))
+_LEAVES = {
+    'conv_bn': ((('c.', 'conv.'), ('bn.', 'bn.')),
+                (('weight', 'conv.weight'), ('bias', 'conv.bias'))),
+    'token_mixer': ((('conv.c.', 'branch_3x3.conv.'), ('conv.bn.', 'branch_3x3.bn.'),
+                     ('conv1.weight', 'branch_1x1.weight'), ('conv1.bias', 'branch_1x1.bias'),
+                     ('bn.', 'post_norm.')), _FUSED_TOKEN_MIXER),
+    'legacy_token_mixer': ((('conv.c.', 'branch_3x3.conv.'), ('conv.bn.', 'branch_3x3.bn.'),
+                            ('conv1.c.', 'branch_1x1.conv.'), ('conv1.bn.', 'branch_1x1.bn.')),
+                           _FUSED_TOKEN_MIXER),
+    'se': ((('fc1.', 'down.'), ('fc2.', 'up.')), None),
+}
+ModuleMap = List[Tuple[str, str, str]]  # (source module, mmrep module, kind)
+
+
+def _block(src: str, dst: str, src_parts: Dict[str, str], legacy: bool) -> ModuleMap:
+    """A stride-1 block: token mixer, SE and the FFN's two conv-BNs."""
+    mixer = 'legacy_token_mixer' if legacy else 'token_mixer'
+    return [(src + src_parts['token_mixer'], dst + 'token_mixer', mixer),
+            (src + src_parts['se'], dst + 'se', 'se'),
+            (src + src_parts['conv1'], dst + 'channel_mixer.conv1', 'conv_bn'),
+            (src + src_parts['conv2'], dst + 'channel_mixer.conv2', 'conv_bn')]
+
+
+def _downsample(src: str, dst: str, src_parts: Dict[str, str]) -> ModuleMap:
+    """A stride-2 block: depthwise and pointwise conv-BNs, then the FFN's two."""
+    return [(src + src_parts[name], dst + name, 'conv_bn')
+            for name in ('spatial_downsample', 'channel_downsample')] + [
+        (src + src_parts['ffn_conv1'], dst + 'ffn.conv1', 'conv_bn'),
+        (src + src_parts['ffn_conv2'], dst + 'ffn.conv2', 'conv_bn')]
+
+
+_OFFICIAL_BLOCK = dict(token_mixer='token_mixer.0', se='token_mixer.1',
+                       conv1='channel_mixer.m.0', conv2='channel_mixer.m.2')
+_OFFICIAL_DOWNSAMPLE = dict(spatial_downsample='token_mixer.0', channel_downsample='token_mixer.2',
+                            ffn_conv1='channel_mixer.m.0', ffn_conv2='channel_mixer.m.2')
+_TIMM_BLOCK = dict(token_mixer='token_mixer', se='se', conv1='channel_mixer.conv1',
+                   conv2='channel_mixer.conv2')
+_TIMM_DOWNSAMPLE = dict(spatial_downsample='spatial_downsample',
+                        channel_downsample='channel_downsample',
+                        ffn_conv1='ffn.conv1', ffn_conv2='ffn.conv2')
+
+
+def module_map(source: str, depths, legacy: bool = False) -> ModuleMap:
+    """Every conv-BN, token mixer and SE of a RepViT with ``depths``: source path -> mmrep path."""
+    official = source == 'official'
+    block = partial(_block, legacy=legacy)
+    modules = ([('features.0.0', 'stem.0', 'conv_bn'), ('features.0.2', 'stem.1', 'conv_bn')]
+               if official else
+               [('stem.conv1', 'stem.0', 'conv_bn'), ('stem.conv2', 'stem.1', 'conv_bn')])
+    feature = 1
+    for i, depth in enumerate(depths):
+        if i > 0:
+            if official:
+                modules += block(f'features.{feature}.', f'stages.{i}.0.', _OFFICIAL_BLOCK)
+                modules += _downsample(f'features.{feature + 1}.', f'stages.{i}.1.',
+                                       _OFFICIAL_DOWNSAMPLE)
+                feature += 2
+            else:
+                modules += block(f'stages.{i}.downsample.pre_block.', f'stages.{i}.0.',
+                                  _TIMM_BLOCK)
+                modules += _downsample(f'stages.{i}.downsample.', f'stages.{i}.1.',
+                                       _TIMM_DOWNSAMPLE)
+        first = 2 if i > 0 else 0
+        for j in range(depth):
+            src = f'features.{feature}.' if official else f'stages.{i}.blocks.{j}.'
+            modules += block(src, f'stages.{i}.{first + j}.',
+                              _OFFICIAL_BLOCK if official else _TIMM_BLOCK)
+            feature += 1
+    return modules
+
+
+def _rename(key: str, modules: Dict[str, Tuple[str, str]], deploy: bool):
+    """The mmrep name of ``key``, or None if no known module holds it."""
+    parts = key.split('.')
+    for cut in range(len(parts) - 1, 0, -1):  # the longest module path first
+        found = modules.get('.'.join(parts[:cut]))
+        if found is None:
+            continue
+        target, kind = found
+        leaf = '.'.join(parts[cut:])
+        training, fused = _LEAVES[kind]
+        for old, new in fused if deploy and fused is not None else training:
+            if leaf == old or (old.endswith('.') and leaf.startswith(old)):
+                return f'{target}.{new}{leaf[len(old):]}'
+        return None
+    return None
+
+
+def convert(state: Dict[str, Tensor], source: str, arch: str) -> Conversion:
+    """Rename official / timm RepViT weights to mmrep's; the form (train / deploy) is detected.
+
+    Raises a ConversionError naming the keys that belong to no module of the
+    ``arch`` network (another arch or depth, the legacy token mixer, another layout).
+    """
+    arch = check_request('RepViT', SOURCES, ARCHS, source, arch)
+    require_prefix(state, ('features.0.',) if source == 'official' else ('stem.conv1.',),
+                   f'{source} RepViT')
+    heads = HEADS[source]
+    dropped = [k for k in state if k.startswith(heads)]
+    state = {k: v for k, v in state.items() if not k.startswith(heads)}
+    # a fused conv-BN has a bias at the module's path; a training one keeps its BN there
+    deploy = detect_deploy(state, r'(^features\.0\.0|^stem\.conv1)\.bias$',
+                           r'(^features\.0\.0|^stem\.conv1)\.bn\.', f'{source} RepViT')
+    settings = RepViT.arch_settings[arch[len('repvit-'):]]
+    modules = {src: (dst, kind) for src, dst, kind
+               in module_map(source, settings['depths'], settings['legacy'])}
+    converted, unknown = {}, []
+    for key, value in state.items():
+        new = _rename(key, modules, deploy)
+        if new is None:
+            unknown.append(key)
+        else:
+            converted[new] = value
+    if unknown:
+        legacy = [k for k in unknown if re.search(r'token_mixer(\.0)?\.conv1\.(c|bn)\.', k)]
+        current = [k for k in unknown if re.search(r'token_mixer(\.0)?\.(conv1\.weight|bn\.)', k)]
+        hint = ''
+        if legacy and not settings['legacy']:
+            hint = (f' Its token mixers are the legacy ones of m1/m2/m3 ({first_keys(legacy, 2)}):'
+                    ' pass repvit-m1, -m2 or -m3.')
+        elif current and settings['legacy']:
+            hint = (f' Its token mixers have a post-sum BN ({first_keys(current, 2)}), which the '
+                    'legacy archs m1/m2/m3 have not: pass repvit-m0.9 ... -m2.3.')
+        raise ConversionError(
+            f'{len(unknown)} keys of the {source} RepViT checkpoint belong to no module of '
+            f'--arch {arch} ({first_keys(unknown)}): is it of another arch or depth?{hint}')
+    return Conversion(converted, dropped, deploy)
