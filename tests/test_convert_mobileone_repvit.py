@@ -1,0 +1,399 @@
+"""MobileOne and RepViT weights: official, timm and mmpretrain checkpoints convert into mmrep
+backbones with the peers' stage outputs, in training and deploy form; wrong ones are refused.
+
+The peers are the real models of timm 1.0.31 (``mobileone_s*``, ``repvit_*``) and
+mmpretrain 1.2.0 (``MobileOne``) with random weights and BN statistics, saved in
+their own layouts. The official repos are not packages: their checkpoints are
+written here with the official key names (apple/ml-mobileone ``mobileone.py``:
+``MobileOne``, ``MobileOneBlock``, ``SEBlock``; THU-MIG/RepViT ``model/repvit.py``:
+``RepViT.features``, ``RepViTBlock``, ``RepVGGDW``, ``Conv2d_BN``, ``Residual``,
+``Classfier``, and ``utils.replace_batchnorm`` for the fused form), checked
+against the naming patterns below.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import re
+
+import pytest
+import timm
+import torch
+from fusion_check import count_bn, max_rel_diff, randomize_bn
+from mmengine.registry import init_default_scope
+from mmpretrain.registry import MODELS as MMPRETRAIN_MODELS
+from timm.utils.model import reparameterize_model as timm_reparameterize
+from torch import nn
+
+import mmrep  # noqa: F401
+from mmrep.converters import ConversionError, convert_checkpoint, find_family
+from mmrep.converters import mobileone as mobileone_converter
+from mmrep.converters import repvit as repvit_converter
+from mmrep.converters.common import check_against_backbone
+from mmrep.models.backbones.mobileone import MobileOne
+from mmrep.models.backbones.repvit import RepViT
+
+TOL = 1e-4
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def image(h=64, w=96, seed=0):
+    return torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def randomized(model: nn.Module, seed: int) -> nn.Module:
+    """Random BN statistics and affine parameters, and conv / linear weights from ``seed``."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
+                m.bias.normal_(0, 0.1)
+    return randomize_bn(model, seed).eval()
+
+
+def assert_same_features(expected, got):
+    assert len(expected) == len(got) == 4
+    assert all(e.abs().max() > 0 for e in expected), 'a peer feature map is all zeros'
+    diff = max_rel_diff(expected, got)
+    assert diff <= TOL, f'features differ by {diff:.3g} of their scale'
+
+
+def pretrained(cls, path, **kwargs):
+    """An mmrep backbone initialised through ``init_cfg=dict(type='Pretrained', ...)``."""
+    model = cls(init_cfg=dict(type='Pretrained', checkpoint=str(path)), **kwargs)
+    model.init_weights()
+    return model.eval()
+
+
+def timm_features(model, x):
+    """timm's ``forward_intermediates`` at strides 4/8/16/32 (MobileOne's also gives the stem)."""
+    with torch.no_grad():
+        maps = model.forward_intermediates(x, intermediates_only=True)
+    return maps[-4:]
+
+
+def cli_main(argv):
+    spec = importlib.util.spec_from_file_location(
+        'convert_weights', os.path.join(ROOT, 'tools', 'convert_weights.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(argv)
+
+
+# ---------------------------------------------------------------- official layouts
+
+_BN = r'(weight|bias|running_mean|running_var|num_batches_tracked)'
+OFFICIAL_MOBILEONE_KEY = re.compile(
+    r'^(stage0|stage[1-4]\.\d+)\.(rbr_conv\.\d+\.(conv\.weight|bn\.' + _BN + r')'
+    r'|rbr_scale\.(conv\.weight|bn\.' + _BN + r')|rbr_skip\.' + _BN +
+    r'|reparam_conv\.(weight|bias)|se\.(reduce|expand)\.(weight|bias))$|^linear\.(weight|bias)$')
+_CONV_BN = r'(c\.weight|bn\.' + _BN + r')'
+OFFICIAL_REPVIT_KEY = re.compile(
+    r'^features\.0\.[02]\.' + _CONV_BN + r'$'
+    r'|^features\.\d+\.token_mixer\.0\.(conv\.' + _CONV_BN + r'|conv1\.(weight|bias)'
+    r'|conv1\.' + _CONV_BN + r'|bn\.' + _BN + r')$'  # RepVGGDW (legacy: conv1 a Conv2d_BN)
+    r'|^features\.\d+\.token_mixer\.1\.fc[12]\.(weight|bias)$'  # timm SqueezeExcite
+    r'|^features\.\d+\.token_mixer\.[02]\.' + _CONV_BN + r'$'  # the stride-2 block
+    r'|^features\.\d+\.channel_mixer\.m\.[02]\.' + _CONV_BN + r'$'  # Residual(Sequential)
+    r'|^classifier\.classifier(_dist)?\.(bn\.' + _BN + r'|l\.(weight|bias))$')
+# utils.replace_batchnorm: every fuse() result is an nn.Conv2d / nn.Linear at the module's path
+OFFICIAL_REPVIT_FUSED_KEY = re.compile(
+    r'^features\.(0\.[02]|\d+\.token_mixer\.[02]|\d+\.channel_mixer\.m\.[02])\.(weight|bias)$'
+    r'|^features\.\d+\.token_mixer\.1\.fc[12]\.(weight|bias)$|^classifier\.(weight|bias)$')
+
+
+def official_mobileone_state(timm_state: dict) -> dict:
+    """The official checkpoint of the same weights (``mobileone_s*_unfused.pth.tar`` /
+    ``mobileone_s*.pth.tar``): timm's ``mobileone_*`` with the official names."""
+    out = {}
+    for key, value in timm_state.items():
+        key = re.sub(r'^stem\.', 'stage0.', key)
+        key = re.sub(r'^stages\.(\d)\.', lambda m: f'stage{int(m[1]) + 1}.', key)
+        key = re.sub(r'^head\.fc\.', 'linear.', key)
+        for old, new in (('conv_kxk', 'rbr_conv'), ('conv_scale', 'rbr_scale'),
+                         ('.identity.', '.rbr_skip.'), ('attn.fc1', 'se.reduce'),
+                         ('attn.fc2', 'se.expand')):
+            key = key.replace(old, new)
+        out[key] = value
+    bad = [k for k in out if not OFFICIAL_MOBILEONE_KEY.match(k)]
+    assert not bad, f'not official MobileOne names: {bad[:5]}'
+    return out
+
+
+def official_repvit_state(timm_model) -> dict:
+    """The official ``RepViT.features`` checkpoint of timm's weights (training or fused form).
+
+    The official flat list has one entry per block: the stem, then per stage the
+    pre-block (timm ``downsample.pre_block``), the stride-2 block and the blocks.
+    """
+    renames = [(r'^stem\.conv1\.', 'features.0.0.'), (r'^stem\.conv2\.', 'features.0.2.'),
+               (r'^head\.head\.', 'classifier.classifier.'),
+               (r'^head\.head_dist\.', 'classifier.classifier_dist.'),
+               (r'^head\.(weight|bias)$', r'classifier.\1')]
+    feature = 1
+    for i, stage in enumerate(timm_model.stages):
+        if i > 0:
+            renames.append((rf'^stages\.{i}\.downsample\.pre_block\.', f'features.{feature}.'))
+            renames.append((rf'^stages\.{i}\.downsample\.', f'features.{feature + 1}.'))
+            feature += 2
+        for j in range(len(stage.blocks)):
+            renames.append((rf'^stages\.{i}\.blocks\.{j}\.', f'features.{feature}.'))
+            feature += 1
+    parts = [(r'\.token_mixer\.(?=conv|bn|weight|bias)', '.token_mixer.0.'),
+             (r'\.se\.', '.token_mixer.1.'),
+             (r'\.channel_mixer\.conv1\.', '.channel_mixer.m.0.'),
+             (r'\.channel_mixer\.conv2\.', '.channel_mixer.m.2.'),
+             (r'\.spatial_downsample\.', '.token_mixer.0.'),
+             (r'\.channel_downsample\.', '.token_mixer.2.'),
+             (r'\.ffn\.conv1\.', '.channel_mixer.m.0.'), (r'\.ffn\.conv2\.', '.channel_mixer.m.2.')]
+    out = {}
+    for key, value in timm_model.state_dict().items():
+        for pattern, new in renames:
+            key, n = re.subn(pattern, new, key)
+            if n:
+                break
+        for pattern, new in parts:
+            key = re.sub(pattern, new, key)
+        out[key] = value
+    fused = any(k == 'features.0.0.weight' for k in out)
+    naming = OFFICIAL_REPVIT_FUSED_KEY if fused else OFFICIAL_REPVIT_KEY
+    bad = [k for k in out if not naming.match(k)]
+    assert not bad, f'not official RepViT names: {bad[:5]}'
+    assert feature - 1 == sum(len(s) for s in RepViT(timm_arch(timm_model)).stages)
+    return out
+
+
+def timm_arch(timm_model) -> str:
+    name = timm_model.default_cfg['architecture'][len('repvit_'):]
+    return name.replace('_', '.')
+
+
+# ---------------------------------------------------------------- MobileOne against the peers
+
+
+@pytest.fixture(scope='module')
+def timm_mobileone_s0():
+    model = randomized(timm.create_model('mobileone_s0'), seed=1)
+    return model, timm_features(model, image())
+
+
+@pytest.mark.parametrize('source', ['timm', 'official'])
+@pytest.mark.parametrize('deploy', [False, True])
+def test_mobileone_s0_timm_and_official(tmp_path, timm_mobileone_s0, source, deploy):
+    model, expected = timm_mobileone_s0
+    if deploy:  # timm's reparameterize_model is the official reparameterize_model
+        model = timm_reparameterize(model)
+        assert count_bn(model) == 0
+    state = model.state_dict()
+    if source == 'official':
+        state = official_mobileone_state(state)
+        assert ('stage0.reparam_conv.weight' in state) is deploy
+    torch.save(state, tmp_path / 'src.pth.tar')  # the official files are plain state dicts
+    report = convert_checkpoint(str(tmp_path / 'src.pth.tar'), str(tmp_path / 'out.pth'), source,
+                                'mobileone-s0')
+    assert report['deploy'] is deploy
+    assert sorted(report['dropped']) == (['linear.bias', 'linear.weight'] if source == 'official'
+                                         else ['head.fc.bias', 'head.fc.weight'])
+    ours = pretrained(MobileOne, tmp_path / 'out.pth', arch='s0', deploy=deploy)
+    with torch.no_grad():
+        assert_same_features(expected, ours(image()))
+        if not deploy:  # mmrep's own fusion gives the same network
+            ours.reparameterize()
+            assert_same_features(expected, ours(image()))
+    # the comparison can fail: other random weights give other features
+    with torch.no_grad():
+        assert max_rel_diff(expected, MobileOne('s0').eval()(image())) > 0.1
+
+
+def test_mobileone_s4_se_blocks_timm(tmp_path):
+    model = randomized(timm.create_model('mobileone_s4'), seed=2)
+    x = image(48, 64)
+    expected = timm_features(model, x)
+    conversion = mobileone_converter.convert(model.state_dict(), 'timm', 'mobileone-s4')
+    assert any(k.endswith('se.down.weight') for k in conversion.state_dict)
+    ours = MobileOne('s4')
+    ours.load_state_dict(conversion.state_dict, strict=True)
+    with torch.no_grad():
+        assert_same_features(expected, ours.eval()(x))
+
+
+def mmpretrain_mobileone(arch: str):
+    """An mmpretrain ImageClassifier with a MobileOne backbone, built by mmpretrain's registry."""
+    init_default_scope('mmpretrain')
+    try:
+        return MMPRETRAIN_MODELS.build(dict(
+            type='ImageClassifier',
+            backbone=dict(type='MobileOne', arch=arch, out_indices=(0, 1, 2, 3)),
+            neck=dict(type='GlobalAveragePooling'),
+            head=dict(type='LinearClsHead', num_classes=10,
+                      in_channels=MobileOne(arch).out_channels[-1])))
+    finally:
+        init_default_scope('mmdet')
+
+
+@pytest.mark.parametrize('arch', ['s0', 's4'])
+@pytest.mark.parametrize('deploy', [False, True])
+def test_mmpretrain_mobileone_classifier_checkpoint(tmp_path, arch, deploy):
+    classifier = randomized(mmpretrain_mobileone(arch), seed=3)
+    x = image(32, 64)
+    with torch.no_grad():
+        expected = classifier.backbone(x)
+    if deploy:
+        classifier.backbone.switch_to_deploy()
+    torch.save({'meta': dict(epoch=300), 'state_dict': classifier.state_dict()},
+               tmp_path / 'mmpretrain.pth')
+    report = convert_checkpoint(str(tmp_path / 'mmpretrain.pth'), str(tmp_path / 'out.pth'),
+                                'mmpretrain', f'mobileone-{arch}')
+    assert report['deploy'] is deploy
+    assert sorted(report['dropped']) == ['head.fc.bias', 'head.fc.weight']
+    ours = pretrained(MobileOne, tmp_path / 'out.pth', arch=arch, deploy=deploy)
+    with torch.no_grad():
+        assert_same_features(expected, ours(x))
+
+
+@pytest.mark.parametrize('arch', list(MobileOne.arch_settings))
+def test_every_mobileone_arch_converts_from_every_source(arch):
+    """Keys and shapes of all archs, in both forms, from all three layouts (meta tensors)."""
+    cli_arch = f'mobileone-{arch}'
+    assert find_family(cli_arch) is mobileone_converter
+    with torch.device('meta'):
+        for deploy in (False, True):
+            model = timm.create_model(f'mobileone_{arch}')
+            classifier = mmpretrain_mobileone(arch)
+            if deploy:
+                model = timm_reparameterize(model)
+                classifier.backbone.switch_to_deploy()
+            sources = {'timm': model.state_dict(),
+                       'official': official_mobileone_state(model.state_dict()),
+                       'mmpretrain': {k[len('backbone.'):]: v
+                                      for k, v in classifier.state_dict().items()
+                                      if k.startswith('backbone.')}}
+            for source, state in sources.items():
+                conversion = mobileone_converter.convert(state, source, cli_arch)
+                assert conversion.deploy is deploy
+                check_against_backbone(conversion.state_dict,
+                                       dict(mobileone_converter.ARCHS[cli_arch], deploy=deploy),
+                                       cli_arch)
+
+
+# ---------------------------------------------------------------- RepViT against the peers
+
+
+@pytest.mark.parametrize('arch', ['m0.9', 'm1.1', 'm1'])
+@pytest.mark.parametrize('source', ['timm', 'official'])
+@pytest.mark.parametrize('deploy', [False, True])
+def test_repvit_timm_and_official(tmp_path, arch, source, deploy):
+    model = randomized(timm.create_model('repvit_' + arch.replace('.', '_')), seed=4)
+    x = image(64, 64)
+    expected = timm_features(model, x)
+    if deploy:  # timm RepVit.fuse, the official utils.replace_batchnorm
+        model = copy.deepcopy(model).fuse()
+        assert count_bn(model) == 0
+    state = model.state_dict() if source == 'timm' else official_repvit_state(model)
+    torch.save({'model': state}, tmp_path / 'src.pth')  # the official files hold 'model'
+    report = convert_checkpoint(str(tmp_path / 'src.pth'), str(tmp_path / 'out.pth'), source,
+                                f'repvit-{arch}')
+    assert report['deploy'] is deploy
+    assert report['dropped'] and all(k.startswith(('head.', 'classifier.'))
+                                     for k in report['dropped'])
+    ours = pretrained(RepViT, tmp_path / 'out.pth', arch=arch, deploy=deploy)
+    with torch.no_grad():
+        assert_same_features(expected, ours(x))
+        if not deploy:
+            ours.reparameterize()
+            assert count_bn(ours) == 0
+            assert_same_features(expected, ours(x))
+
+
+@pytest.mark.parametrize('arch', list(RepViT.arch_settings))
+def test_every_repvit_arch_converts_from_both_sources(arch):
+    cli_arch = f'repvit-{arch}'
+    assert find_family(cli_arch) is repvit_converter
+    with torch.device('meta'):
+        for deploy in (False, True):
+            model = timm.create_model('repvit_' + arch.replace('.', '_'))
+            if deploy:
+                model.fuse()
+            for source, state in (('timm', model.state_dict()),
+                                  ('official', official_repvit_state(model))):
+                conversion = repvit_converter.convert(state, source, cli_arch)
+                assert conversion.deploy is deploy
+                check_against_backbone(conversion.state_dict,
+                                       dict(repvit_converter.ARCHS[cli_arch], deploy=deploy),
+                                       cli_arch)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def meta_state(name: str, fused: bool = False) -> dict:
+    with torch.device('meta'):
+        model = timm.create_model(name)
+        return (model.fuse() if fused else model).state_dict()
+
+
+def test_repvit_file_given_as_mobileone_is_refused_naming_keys():
+    with pytest.raises(ConversionError, match=r'not in the timm MobileOne layout.*stem\.conv1\.c'):
+        mobileone_converter.convert(meta_state('repvit_m1_1'), 'timm', 'mobileone-s0')
+    with torch.device('meta'):
+        official = official_repvit_state(timm.create_model('repvit_m1_1'))
+    with pytest.raises(ConversionError, match=r'official MobileOne layout.*features\.0\.0'):
+        mobileone_converter.convert(official, 'official', 'mobileone-s0')
+    # and the other way round
+    with pytest.raises(ConversionError, match=r'timm RepViT layout.*stem\.conv_kxk'):
+        repvit_converter.convert(meta_state('mobileone_s0'), 'timm', 'repvit-m1.1')
+
+
+def test_repvit_of_another_depth_is_refused_naming_keys():
+    # m1.1 and m1.5 have the same widths: the deeper m1.5 names blocks m1.1 has not ...
+    with pytest.raises(ConversionError, match=r'keys .* belong to no module of --arch repvit-m1.1'
+                                              r' \(stages\.0\.blocks\.2\.'):
+        repvit_converter.convert(meta_state('repvit_m1_5'), 'timm', 'repvit-m1.1')
+    # ... and an m1.1 file lacks most of m1.5's blocks
+    conversion = repvit_converter.convert(meta_state('repvit_m1_1'), 'timm', 'repvit-m1.5')
+    with pytest.raises(ConversionError, match=r'missing keys \(stages\.0\.2\.'):
+        check_against_backbone(conversion.state_dict, repvit_converter.ARCHS['repvit-m1.5'],
+                               'repvit-m1.5')
+
+
+def test_repvit_of_another_width_is_refused_naming_keys():
+    conversion = repvit_converter.convert(meta_state('repvit_m1_0'), 'timm', 'repvit-m0.9')
+    with pytest.raises(ConversionError, match=r'keys with the wrong shape \(stages\.0\.0\.'
+                                              r'channel_mixer\.conv1\.bn\.bias: \[112\] '
+                                              r'instead of \[96\]'):
+        check_against_backbone(conversion.state_dict, repvit_converter.ARCHS['repvit-m0.9'],
+                               'repvit-m0.9')
+
+
+@pytest.mark.parametrize('fused', [False, True])
+def test_legacy_repvit_given_as_current_arch_is_refused(fused):
+    state = meta_state('repvit_m1', fused)
+    if fused:  # fused, the two token mixers are the same conv: told apart by the widths
+        conversion = repvit_converter.convert(state, 'timm', 'repvit-m1.0')
+        with pytest.raises(ConversionError, match='wrong shape'):
+            check_against_backbone(conversion.state_dict,
+                                   dict(repvit_converter.ARCHS['repvit-m1.0'], deploy=True), 'm1.0')
+        return
+    for arch in ('repvit-m1.0', 'repvit-m0.9'):  # m0.9 has m1's widths and depths
+        with pytest.raises(ConversionError,
+                           match=r'token_mixer\.conv1\.c\.weight.*legacy ones of m1/m2/m3'):
+            repvit_converter.convert(state, 'timm', arch)
+    with pytest.raises(ConversionError, match=r'post-sum BN.*pass repvit-m0\.9'):
+        repvit_converter.convert(meta_state('repvit_m0_9'), 'timm', 'repvit-m1')
+
+
+def test_convert_weights_cli_for_both_families(tmp_path, capsys):
+    model = randomized(timm.create_model('repvit_m0_9'), seed=5)
+    torch.save(model.state_dict(), tmp_path / 'repvit.pth')
+    assert cli_main([str(tmp_path / 'repvit.pth'), str(tmp_path / 'out.pth'), '--from', 'timm',
+                     '--arch', 'repvit-m0.9']) == 0
+    assert "type='RepViT', arch='m0.9'" in capsys.readouterr().out
+    ours = pretrained(RepViT, tmp_path / 'out.pth', arch='m0.9')
+    with torch.no_grad():
+        assert_same_features(timm_features(model, image()), ours(image()))
+    # the wrong family: exit code 1, the keys named, nothing written
+    assert cli_main([str(tmp_path / 'repvit.pth'), str(tmp_path / 'mo.pth'), '--from', 'timm',
+                     '--arch', 'mobileone-s1']) == 1
+    assert 'stem.conv1.c.weight' in capsys.readouterr().err
+    assert not (tmp_path / 'mo.pth').exists()
