@@ -3,24 +3,20 @@ backbones with the peers' stage outputs, in training and deploy form; wrong ones
 
 The peers are the real models of timm 1.0.31 (``mobileone_s*``, ``repvit_*``) and
 mmpretrain 1.2.0 (``MobileOne``) with random weights and BN statistics, saved in
-their own layouts. The official repos are not packages: their checkpoints are
-written here with the official key names (apple/ml-mobileone ``mobileone.py``:
-``MobileOne``, ``MobileOneBlock``, ``SEBlock``; THU-MIG/RepViT ``model/repvit.py``:
-``RepViT.features``, ``RepViTBlock``, ``RepVGGDW``, ``Conv2d_BN``, ``Residual``,
-``Classfier``, and ``utils.replace_batchnorm`` for the fused form), checked
-against the naming patterns below.
+their own layouts. The official layouts are written from the official key names
+(:mod:`official_layouts`).
 """
 from __future__ import annotations
 
 import copy
 import importlib.util
 import os
-import re
 
 import pytest
 import timm
 import torch
 from fusion_check import count_bn, max_rel_diff, randomize_bn
+from official_layouts import official_mobileone_state, official_repvit_state
 from mmengine.registry import init_default_scope
 from mmpretrain.registry import MODELS as MMPRETRAIN_MODELS
 from timm.utils.model import reparameterize_model as timm_reparameterize
@@ -79,94 +75,6 @@ def cli_main(argv):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.main(argv)
-
-
-# ---------------------------------------------------------------- official layouts
-
-_BN = r'(weight|bias|running_mean|running_var|num_batches_tracked)'
-OFFICIAL_MOBILEONE_KEY = re.compile(
-    r'^(stage0|stage[1-4]\.\d+)\.(rbr_conv\.\d+\.(conv\.weight|bn\.' + _BN + r')'
-    r'|rbr_scale\.(conv\.weight|bn\.' + _BN + r')|rbr_skip\.' + _BN +
-    r'|reparam_conv\.(weight|bias)|se\.(reduce|expand)\.(weight|bias))$|^linear\.(weight|bias)$')
-_CONV_BN = r'(c\.weight|bn\.' + _BN + r')'
-OFFICIAL_REPVIT_KEY = re.compile(
-    r'^features\.0\.[02]\.' + _CONV_BN + r'$'
-    r'|^features\.\d+\.token_mixer\.0\.(conv\.' + _CONV_BN + r'|conv1\.(weight|bias)'
-    r'|conv1\.' + _CONV_BN + r'|bn\.' + _BN + r')$'  # RepVGGDW (legacy: conv1 a Conv2d_BN)
-    r'|^features\.\d+\.token_mixer\.1\.fc[12]\.(weight|bias)$'  # timm SqueezeExcite
-    r'|^features\.\d+\.token_mixer\.[02]\.' + _CONV_BN + r'$'  # the stride-2 block
-    r'|^features\.\d+\.channel_mixer\.m\.[02]\.' + _CONV_BN + r'$'  # Residual(Sequential)
-    r'|^classifier\.classifier(_dist)?\.(bn\.' + _BN + r'|l\.(weight|bias))$')
-# utils.replace_batchnorm: every fuse() result is an nn.Conv2d / nn.Linear at the module's path
-OFFICIAL_REPVIT_FUSED_KEY = re.compile(
-    r'^features\.(0\.[02]|\d+\.token_mixer\.[02]|\d+\.channel_mixer\.m\.[02])\.(weight|bias)$'
-    r'|^features\.\d+\.token_mixer\.1\.fc[12]\.(weight|bias)$|^classifier\.(weight|bias)$')
-
-
-def official_mobileone_state(timm_state: dict) -> dict:
-    """The official checkpoint of the same weights (``mobileone_s*_unfused.pth.tar`` /
-    ``mobileone_s*.pth.tar``): timm's ``mobileone_*`` with the official names."""
-    out = {}
-    for key, value in timm_state.items():
-        key = re.sub(r'^stem\.', 'stage0.', key)
-        key = re.sub(r'^stages\.(\d)\.', lambda m: f'stage{int(m[1]) + 1}.', key)
-        key = re.sub(r'^head\.fc\.', 'linear.', key)
-        for old, new in (('conv_kxk', 'rbr_conv'), ('conv_scale', 'rbr_scale'),
-                         ('.identity.', '.rbr_skip.'), ('attn.fc1', 'se.reduce'),
-                         ('attn.fc2', 'se.expand')):
-            key = key.replace(old, new)
-        out[key] = value
-    bad = [k for k in out if not OFFICIAL_MOBILEONE_KEY.match(k)]
-    assert not bad, f'not official MobileOne names: {bad[:5]}'
-    return out
-
-
-def official_repvit_state(timm_model) -> dict:
-    """The official ``RepViT.features`` checkpoint of timm's weights (training or fused form).
-
-    The official flat list has one entry per block: the stem, then per stage the
-    pre-block (timm ``downsample.pre_block``), the stride-2 block and the blocks.
-    """
-    renames = [(r'^stem\.conv1\.', 'features.0.0.'), (r'^stem\.conv2\.', 'features.0.2.'),
-               (r'^head\.head\.', 'classifier.classifier.'),
-               (r'^head\.head_dist\.', 'classifier.classifier_dist.'),
-               (r'^head\.(weight|bias)$', r'classifier.\1')]
-    feature = 1
-    for i, stage in enumerate(timm_model.stages):
-        if i > 0:
-            renames.append((rf'^stages\.{i}\.downsample\.pre_block\.', f'features.{feature}.'))
-            renames.append((rf'^stages\.{i}\.downsample\.', f'features.{feature + 1}.'))
-            feature += 2
-        for j in range(len(stage.blocks)):
-            renames.append((rf'^stages\.{i}\.blocks\.{j}\.', f'features.{feature}.'))
-            feature += 1
-    parts = [(r'\.token_mixer\.(?=conv|bn|weight|bias)', '.token_mixer.0.'),
-             (r'\.se\.', '.token_mixer.1.'),
-             (r'\.channel_mixer\.conv1\.', '.channel_mixer.m.0.'),
-             (r'\.channel_mixer\.conv2\.', '.channel_mixer.m.2.'),
-             (r'\.spatial_downsample\.', '.token_mixer.0.'),
-             (r'\.channel_downsample\.', '.token_mixer.2.'),
-             (r'\.ffn\.conv1\.', '.channel_mixer.m.0.'), (r'\.ffn\.conv2\.', '.channel_mixer.m.2.')]
-    out = {}
-    for key, value in timm_model.state_dict().items():
-        for pattern, new in renames:
-            key, n = re.subn(pattern, new, key)
-            if n:
-                break
-        for pattern, new in parts:
-            key = re.sub(pattern, new, key)
-        out[key] = value
-    fused = any(k == 'features.0.0.weight' for k in out)
-    naming = OFFICIAL_REPVIT_FUSED_KEY if fused else OFFICIAL_REPVIT_KEY
-    bad = [k for k in out if not naming.match(k)]
-    assert not bad, f'not official RepViT names: {bad[:5]}'
-    assert feature - 1 == sum(len(s) for s in RepViT(timm_arch(timm_model)).stages)
-    return out
-
-
-def timm_arch(timm_model) -> str:
-    name = timm_model.default_cfg['architecture'][len('repvit_'):]
-    return name.replace('_', '.')
 
 
 # ---------------------------------------------------------------- MobileOne against the peers
@@ -327,10 +235,14 @@ def test_every_repvit_arch_converts_from_both_sources(arch):
 # ---------------------------------------------------------------- bad input
 
 
-def meta_state(name: str, fused: bool = False) -> dict:
+def meta_model(name: str, fused: bool = False) -> nn.Module:
     with torch.device('meta'):
         model = timm.create_model(name)
-        return (model.fuse() if fused else model).state_dict()
+        return model.fuse() if fused else model
+
+
+def meta_state(name: str, fused: bool = False) -> dict:
+    return meta_model(name, fused).state_dict()
 
 
 def test_repvit_file_given_as_mobileone_is_refused_naming_keys():
@@ -347,14 +259,17 @@ def test_repvit_file_given_as_mobileone_is_refused_naming_keys():
 
 def test_repvit_of_another_depth_is_refused_naming_keys():
     # m1.1 and m1.5 have the same widths: the deeper m1.5 names blocks m1.1 has not ...
-    with pytest.raises(ConversionError, match=r'keys .* belong to no module of --arch repvit-m1.1'
-                                              r' \(stages\.0\.blocks\.2\.'):
-        repvit_converter.convert(meta_state('repvit_m1_5'), 'timm', 'repvit-m1.1')
-    # ... and an m1.1 file lacks most of m1.5's blocks
-    conversion = repvit_converter.convert(meta_state('repvit_m1_1'), 'timm', 'repvit-m1.5')
-    with pytest.raises(ConversionError, match=r'missing keys \(stages\.0\.2\.'):
-        check_against_backbone(conversion.state_dict, repvit_converter.ARCHS['repvit-m1.5'],
-                               'repvit-m1.5')
+    for source, state in (('timm', meta_state('repvit_m1_5')),
+                          ('official', official_repvit_state(meta_model('repvit_m1_5')))):
+        with pytest.raises(ConversionError, match=r'has \[4, 4, 24, 4\] blocks per stage, '
+                                                  r'--arch repvit-m1.1 has \[2, 2, 12, 2\] '
+                                                  r'\(stage 0\).*first keys: (stem|features)'):
+            repvit_converter.convert(state, source, 'repvit-m1.1')
+    # ... and, without an arch to check, its keys do not fit m1.1's backbone
+    conversion = repvit_converter.convert(meta_state('repvit_m1_5'), 'timm', None)
+    with pytest.raises(ConversionError, match=r'unexpected keys \(stages\.0\.2\.'):
+        check_against_backbone(conversion.state_dict, repvit_converter.ARCHS['repvit-m1.1'],
+                               'repvit-m1.1')
 
 
 def test_repvit_of_another_width_is_refused_naming_keys():
@@ -377,8 +292,12 @@ def test_legacy_repvit_given_as_current_arch_is_refused(fused):
         return
     for arch in ('repvit-m1.0', 'repvit-m0.9'):  # m0.9 has m1's widths and depths
         with pytest.raises(ConversionError,
-                           match=r'token_mixer\.conv1\.c\.weight.*legacy ones of m1/m2/m3'):
+                           match=r'legacy ones of m1/m2/m3 \(stages\.0\.blocks\.0\.token_mixer'
+                                 r'\.conv1\.c\.weight.*pass repvit-m1'):
             repvit_converter.convert(state, 'timm', arch)
+    official = official_repvit_state(meta_model('repvit_m1'))
+    with pytest.raises(ConversionError, match=r'legacy.*features\.1\.token_mixer\.0\.conv1\.c\.'):
+        repvit_converter.convert(official, 'official', 'repvit-m0.9')
     with pytest.raises(ConversionError, match=r'post-sum BN.*pass repvit-m0\.9'):
         repvit_converter.convert(meta_state('repvit_m0_9'), 'timm', 'repvit-m1')
 

@@ -8,7 +8,7 @@ the mmrep backbone with :func:`check_against_backbone` before writing it.
 from __future__ import annotations
 
 import re
-from typing import Dict, Iterable, List, Mapping, NamedTuple, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -47,13 +47,15 @@ def _strip_prefix(state: Mapping[str, Tensor], prefix: str) -> Tuple[StateDict, 
     return inner, [k for k in state if not k.startswith(prefix)]
 
 
-def unwrap_checkpoint(checkpoint, ema: bool = False) -> Tuple[StateDict, List[str], List[str]]:
+def unwrap_checkpoint(checkpoint, ema: bool = False,
+                      whole_model: bool = False) -> Tuple[StateDict, List[str], List[str]]:
     """The weights of a loaded checkpoint file, without its wrappers.
 
     Picks ``state_dict_ema`` (``ema=True``; also ``model_ema`` and mmengine's
     ``ema_state_dict``), else ``state_dict`` or ``model``, else the dict itself; strips a DDP
     ``module.`` prefix; and from a whole-model checkpoint with ``backbone.``
-    keys (mmpretrain, mmdet) keeps the backbone, dropping heads and necks.
+    keys (mmpretrain, mmdet) keeps the backbone, dropping heads and necks,
+    unless ``whole_model``.
 
     Returns ``(state, dropped, notes)``: the weights, the keys left out, and
     remarks for the report.
@@ -81,7 +83,7 @@ def unwrap_checkpoint(checkpoint, ema: bool = False) -> Tuple[StateDict, List[st
     if state and all(k.startswith('module.') for k in state):
         state, _ = _strip_prefix(state, 'module.')
         notes.append("stripped the DDP prefix 'module.'")
-    if any(k.startswith('backbone.') for k in state):
+    if not whole_model and any(k.startswith('backbone.') for k in state):
         state, others = _strip_prefix(state, 'backbone.')
         dropped += others
         notes.append("kept the 'backbone.' weights of a whole-model checkpoint")
@@ -148,10 +150,16 @@ def rename_parts(state: Mapping[str, Tensor], table: Sequence[Tuple[str, str]]) 
 
 
 def check_request(family: str, sources: Sequence[str], archs: Mapping[str, dict],
-                  source: str, arch: str) -> str:
-    """Refuse a ``source`` or ``arch`` that ``family`` does not convert; the arch, lower case."""
+                  source: str, arch: Optional[str]) -> Optional[str]:
+    """Refuse a ``source`` or ``arch`` that ``family`` does not convert; the arch, lower case.
+
+    ``arch=None``: convert without checking the arch (detection, and loading into
+    a backbone of a custom arch, which the strict load then checks key by key).
+    """
     if source not in sources:
         raise ConversionError(f'{family} converts from {", ".join(sources)}, not {source!r}')
+    if arch is None:
+        return None
     if arch.lower() not in archs:
         raise ConversionError(f'unknown {family} arch {arch!r}; valid: {", ".join(sorted(archs))}')
     return arch.lower()

@@ -26,7 +26,7 @@ mmpretrain, whose deploy keys say ``branch_reparam`` instead.
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 from torch import Tensor
 
@@ -65,8 +65,11 @@ _LAYOUTS = {
 }
 
 
-def convert(state: Dict[str, Tensor], source: str, arch: str) -> Conversion:
-    """Rename the MobileOne weights of ``source`` to mmrep's; the form (train / deploy) is detected."""
+def convert(state: Dict[str, Tensor], source: str, arch: Optional[str]) -> Conversion:
+    """Rename the MobileOne weights of ``source`` to mmrep's; the form (train / deploy) is detected.
+
+    The arch does not change the renaming; ``arch=None`` converts for any.
+    """
     check_request('MobileOne', SOURCES, ARCHS, source, arch)
     layout = _LAYOUTS[source]
     require_prefix(state, layout['signature'], f'{source} MobileOne')

@@ -38,12 +38,13 @@ from __future__ import annotations
 
 import re
 from functools import partial
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from torch import Tensor
 
 from mmrep.converters.common import (Conversion, ConversionError, check_request,
                                      detect_deploy, first_keys, require_prefix)
+from mmrep.models.backbones.base import NUM_STAGES
 from mmrep.models.backbones.repvit import RepViT
 
 FAMILY = 'repvit'
@@ -143,11 +144,47 @@ def _rename(key: str, modules: Dict[str, Tuple[str, str]], deploy: bool):
     return None
 
 
-def convert(state: Dict[str, Tensor], source: str, arch: str) -> Conversion:
+_LEGACY_MIXER = re.compile(r'token_mixer(\.0)?\.conv1\.(c|bn)\.')
+_CURRENT_MIXER = re.compile(r'token_mixer(\.0)?\.(conv1\.weight|bn\.)')
+_TIMM_BLOCK_KEY = re.compile(r'stages\.(\d+)\.blocks\.(\d+)\.')
+_OFFICIAL_FEATURE_KEY = re.compile(r'features\.(\d+)\.')
+_OFFICIAL_STRIDE2_KEY = re.compile(r'features\.(\d+)\.token_mixer\.2\.')
+
+
+def structure(state: Dict[str, Tensor], source: str) -> Tuple[Tuple[int, ...], bool]:
+    """The blocks per stage (``depths``) and the token mixer (``legacy``) the keys describe.
+
+    timm names the blocks of each stage; the official flat list has a stride-2
+    block (the only ones with ``token_mixer.2``, their pointwise conv) after
+    each stage but the last, preceded by that stage's pre-block.
+    """
+    legacy = any(_LEGACY_MIXER.search(k) for k in state)
+    if source == 'timm':
+        found: Dict[int, int] = {}
+        for key in state:
+            match = _TIMM_BLOCK_KEY.match(key)
+            if match:
+                stage, block = int(match[1]), int(match[2])
+                found[stage] = max(found.get(stage, -1), block + 1)
+        depths = tuple(found.get(i, 0) for i in range(max(found, default=-1) + 1))
+    else:
+        last = max((int(m[1]) for m in map(_OFFICIAL_FEATURE_KEY.match, state) if m), default=0)
+        stride2 = sorted({int(m[1]) for m in map(_OFFICIAL_STRIDE2_KEY.match, state) if m})
+        bounds = [0] + stride2 + [last + 2]  # a stride-2 block f ends the stage before at f - 2
+        depths = tuple(bounds[i + 1] - 2 - bounds[i] for i in range(len(bounds) - 1))
+    if len(depths) != NUM_STAGES or min(depths, default=0) < 1:
+        raise ConversionError(f'the {source} RepViT keys describe {len(depths)} stages with '
+                              f'{list(depths)} blocks, not 4 stages: is it a RepViT checkpoint?')
+    return depths, legacy
+
+
+def convert(state: Dict[str, Tensor], source: str, arch: Optional[str]) -> Conversion:
     """Rename official / timm RepViT weights to mmrep's; the form (train / deploy) is detected.
 
-    Raises a ConversionError naming the keys that belong to no module of the
-    ``arch`` network (another arch or depth, the legacy token mixer, another layout).
+    The network's depths and token mixer are read from the keys (:func:`structure`).
+    With ``arch`` they must be the arch's, else a ConversionError names the keys
+    that differ (another depth, the legacy token mixer); ``arch=None`` converts
+    whatever RepViT the keys describe (widths are checked by the strict load).
     """
     arch = check_request('RepViT', SOURCES, ARCHS, source, arch)
     require_prefix(state, ('features.0.',) if source == 'official' else ('stem.conv1.',),
@@ -158,9 +195,10 @@ def convert(state: Dict[str, Tensor], source: str, arch: str) -> Conversion:
     # a fused conv-BN has a bias at the module's path; a training one keeps its BN there
     deploy = detect_deploy(state, r'(^features\.0\.0|^stem\.conv1)\.bias$',
                            r'(^features\.0\.0|^stem\.conv1)\.bn\.', f'{source} RepViT')
-    settings = RepViT.arch_settings[arch[len('repvit-'):]]
-    modules = {src: (dst, kind) for src, dst, kind
-               in module_map(source, settings['depths'], settings['legacy'])}
+    depths, legacy = structure(state, source)
+    if arch is not None:
+        _check_structure(state, arch, depths, legacy, deploy)
+    modules = {src: (dst, kind) for src, dst, kind in module_map(source, depths, legacy)}
     converted, unknown = {}, []
     for key, value in state.items():
         new = _rename(key, modules, deploy)
@@ -169,16 +207,29 @@ def convert(state: Dict[str, Tensor], source: str, arch: str) -> Conversion:
         else:
             converted[new] = value
     if unknown:
-        legacy = [k for k in unknown if re.search(r'token_mixer(\.0)?\.conv1\.(c|bn)\.', k)]
-        current = [k for k in unknown if re.search(r'token_mixer(\.0)?\.(conv1\.weight|bn\.)', k)]
-        hint = ''
-        if legacy and not settings['legacy']:
-            hint = (f' Its token mixers are the legacy ones of m1/m2/m3 ({first_keys(legacy, 2)}):'
-                    ' pass repvit-m1, -m2 or -m3.')
-        elif current and settings['legacy']:
-            hint = (f' Its token mixers have a post-sum BN ({first_keys(current, 2)}), which the '
-                    'legacy archs m1/m2/m3 have not: pass repvit-m0.9 ... -m2.3.')
-        raise ConversionError(
-            f'{len(unknown)} keys of the {source} RepViT checkpoint belong to no module of '
-            f'--arch {arch} ({first_keys(unknown)}): is it of another arch or depth?{hint}')
+        raise ConversionError(f'{len(unknown)} keys of the {source} RepViT checkpoint belong to '
+                              f'no RepViT module ({first_keys(unknown)}): is it of another layout?')
     return Conversion(converted, dropped, deploy)
+
+
+def _check_structure(state: Dict[str, Tensor], arch: str, depths, legacy: bool,
+                     deploy: bool) -> None:
+    settings = RepViT.arch_settings[arch[len('repvit-'):]]
+    if tuple(depths) != tuple(settings['depths']):
+        stage = next(i for i, (a, b) in enumerate(zip(depths, settings['depths'])) if a != b)
+        raise ConversionError(
+            f'the checkpoint has {list(depths)} blocks per stage, --arch {arch} has '
+            f'{list(settings["depths"])} (stage {stage}): it is of another arch or depth '
+            f'(first keys: {first_keys(state)})')
+    if deploy:  # fused, both token mixers are one depthwise conv
+        return
+    if legacy and not settings['legacy']:
+        keys = [k for k in state if _LEGACY_MIXER.search(k)]
+        raise ConversionError(f'the token mixers are the legacy ones of m1/m2/m3 '
+                              f'({first_keys(keys, 2)}), not those of --arch {arch}: pass '
+                              'repvit-m1, -m2 or -m3')
+    if not legacy and settings['legacy']:
+        keys = [k for k in state if _CURRENT_MIXER.search(k)]
+        raise ConversionError(f'the token mixers have a post-sum BN and a biased 1x1 conv '
+                              f'({first_keys(keys, 2)}), which the legacy --arch {arch} has not: '
+                              'pass repvit-m0.9 ... -m2.3')
