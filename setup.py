@@ -71,9 +71,11 @@ setup(
     ],
     extras_require={
         'deploy': ['mmdeploy==1.3.1', 'onnx==1.17.0', 'onnxruntime==1.26.*', 'protobuf==3.20.2',
-                   'ml_dtypes'],
+                   'ml_dtypes', 'openvino==2026.4.1', 'nncf==3.4.0'],
         'benchmark': ['matplotlib', 'ml_dtypes'],
         'tests': ['pytest', 'hypothesis', 'timm==1.0.31', 'mmpretrain==1.2.0'],
+        'docs': ['sphinx==9.0.4', 'myst-parser==5.2.0', 'furo==2025.12.19',
+                 'sphinx-mathjax-offline==0.0.2'],
     },
     license='Apache-2.0',
     zip_safe=False,

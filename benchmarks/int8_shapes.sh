@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's INT8 table: RetinaNet with RepVGG-A0, QARepVGG-A0 and RepGhostNet-1.0x,
+# The INT8 table of docs/en/user_guides/int8.md: RetinaNet with RepVGG-A0, QARepVGG-A0 and RepGhostNet-1.0x,
 # each trained the same seeded way on the built-in shapes data (ITERS iterations, default
 # 120: the shapes demo recipe with its schedule shortened to fit a shared 2-core CPU), then
 # fused, exported to ONNX, quantized to INT8 (32 calibration images) and evaluated on

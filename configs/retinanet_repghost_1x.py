@@ -14,8 +14,8 @@ model = dict(
         norm_cfg=dict(type='BN', requires_grad=True),
         norm_eval=False,
         # No weights are downloaded. For ImageNet initialization convert the official
-        # checkpoint with tools/convert_weights.py (README, "Pretrained weights"), then set
-        # init_cfg=dict(type='Pretrained', checkpoint='<converted>.pth').
+        # checkpoint with tools/convert_weights.py (see docs/en/user_guides/pretrained_weights.md),
+        # then set init_cfg=dict(type='Pretrained', checkpoint='<converted>.pth').
         init_cfg=None),
     neck=dict(in_channels=[24, 40, 112, 160]))
 

@@ -19,8 +19,8 @@ model = dict(
         norm_intermediate_features=False,  # official 31B recipe; True only for XL
         norm_cfg=norm_cfg,
         # No weights are downloaded. For ImageNet initialization convert the official
-        # checkpoint with tools/convert_weights.py (README, "Pretrained weights"), then set
-        # init_cfg=dict(type='Pretrained', checkpoint='<converted>.pth').
+        # checkpoint with tools/convert_weights.py (see docs/en/user_guides/pretrained_weights.md),
+        # then set init_cfg=dict(type='Pretrained', checkpoint='<converted>.pth').
         init_cfg=None),
     decode_head=dict(in_channels=[128, 256, 512, 1024], num_classes=150),
     auxiliary_head=dict(in_channels=512, num_classes=150))

@@ -62,9 +62,9 @@ def history_buffer_method(owner, name: str):
     return getattr(HistoryBuffer, name)
 
 
-# What mmengine 0.10.7's Runner.save_checkpoint writes besides tensors and
-# builtins: the MessageHub's HistoryBuffers (which hold numpy arrays and refer to
-# their statistics methods) and numpy scalars in logged values and runtime info.
+#: What mmengine 0.10.7's Runner.save_checkpoint writes besides tensors and
+#: builtins: the MessageHub's HistoryBuffers (which hold numpy arrays and refer to
+#: their statistics methods) and numpy scalars in logged values and runtime info.
 MMENGINE_CHECKPOINT_TYPES = ([HistoryBuffer, (history_buffer_method, 'builtins.getattr')]
                              + _numpy_types())
 

@@ -1,12 +1,24 @@
-"""Re-parameterization math: pure torch, no OpenMMLab import.
+r"""Re-parameterization math: pure torch, no OpenMMLab import.
 
 Every structural re-parameterization in mmrep reduces a block to one
-convolution ``y = W * x + b``. The functions below turn the pieces of a
+convolution :math:`y = W * x + b`. The functions below turn the pieces of a
 training-time block into such ``(W, b)`` pairs and combine them. Each
-formula lives here once; blocks only say which pieces they have.
+formula lives here once, with its derivation; blocks only say which pieces
+they have.
 
 Shapes follow ``torch.nn.Conv2d``: a kernel ``W`` is
 ``(C_out, C_in / groups, k_h, k_w)`` and a bias ``b`` is ``(C_out,)``.
+Like ``torch.nn.Conv2d``, a conv correlates. For one group, output channel
+:math:`o` at pixel :math:`p` is
+
+.. math::
+
+   (W * x + b)[o](p) = b[o] + \sum_c \sum_t W[o, c, t]\, x[c](p + t),
+
+where :math:`t` runs over the kernel's taps (2-D offsets from its centre)
+and :math:`x` is zero outside the image (the conv's zero padding). With
+groups :math:`g`, output channel :math:`o` reads only the :math:`C/g` input
+channels of its group. Every formula below is linear algebra on this sum.
 """
 from __future__ import annotations
 
@@ -26,17 +38,28 @@ __all__ = [
 
 
 def zeros_bias(kernel: Tensor) -> Tensor:
-    """The bias of a conv that has none: ``b = 0`` of shape ``(C_out,)``."""
+    """The bias of a conv that has none: :math:`b = 0` of shape ``(C_out,)``."""
     return kernel.new_zeros(kernel.shape[0])
 
 
 def bn_scale_shift(running_mean: Tensor, running_var: Tensor,
                    weight: Optional[Tensor], bias: Optional[Tensor],
                    eps: float) -> Tuple[Tensor, Tensor]:
-    """Write an eval-mode BatchNorm as a per-channel affine map ``a * x + s``.
+    r"""Write an eval-mode BatchNorm as a per-channel affine map :math:`a x + s`.
 
-    ``a = gamma / sqrt(var + eps)`` and ``s = beta - mean * a``; a BN
-    without affine parameters has ``gamma = 1`` and ``beta = 0``.
+    In eval mode a BatchNorm uses its running mean :math:`\mu` and variance
+    :math:`\sigma^2`, so per channel
+
+    .. math::
+
+       \mathrm{BN}(x) = \gamma \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}} + \beta
+                      = a x + s, \qquad
+       a = \frac{\gamma}{\sqrt{\sigma^2 + \epsilon}}, \quad s = \beta - \mu a.
+
+    A BN without affine parameters has :math:`\gamma = 1` and :math:`\beta = 0`.
+
+    Returns:
+        ``(a, s)``, each of shape ``(C,)``.
     """
     std = torch.sqrt(running_var + eps)
     gamma = weight if weight is not None else torch.ones_like(running_var)
@@ -48,8 +71,12 @@ def bn_scale_shift(running_mean: Tensor, running_var: Tensor,
 def bn_running_stats(bn: nn.Module) -> Tuple[Tensor, Tensor]:
     """The running mean and variance of a BatchNorm that can be folded into a conv.
 
-    Raises TypeError for another norm and ValueError for a BatchNorm without
-    running statistics: neither is a fixed affine map in eval mode.
+    Raises:
+        TypeError: for another norm (GN, LN, ...).
+        ValueError: for a BatchNorm without running statistics
+            (``track_running_stats=False``).
+
+    Neither is a fixed affine map in eval mode.
     """
     if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
         raise TypeError(f'expected a BatchNorm layer (BN or SyncBN), got {type(bn).__name__}')
@@ -60,13 +87,27 @@ def bn_running_stats(bn: nn.Module) -> Tuple[Tensor, Tensor]:
 
 
 def fold_bn(kernel: Tensor, bias: Optional[Tensor], bn: nn.Module) -> KernelBias:
-    """Fold an eval-mode BatchNorm that follows a conv into the conv.
+    r"""Fold an eval-mode BatchNorm that follows a conv into the conv.
 
-    ``BN(W * x + b) = W' * x + b'`` with, per output channel ``o``,
-    ``W'[o] = W[o] * gamma[o] / sqrt(var[o] + eps)`` and
-    ``b'[o] = beta[o] + (b[o] - mean[o]) * gamma[o] / sqrt(var[o] + eps)``
-    (``b = 0`` for a conv without bias). Works for ``BatchNorm2d`` and
-    ``SyncBatchNorm`` alike and uses the layer's own ``eps``.
+    With :math:`\mathrm{BN}(z) = a z + s` per output channel
+    (:func:`bn_scale_shift`) and the conv linear in its kernel,
+
+    .. math::
+
+       \mathrm{BN}(W * x + b)[o] = a[o] (W * x)[o] + a[o] b[o] + s[o]
+                                 = (W' * x)[o] + b'[o],
+
+    .. math::
+
+       W'[o] = a[o]\, W[o] = W[o] \frac{\gamma[o]}{\sqrt{\sigma^2[o] + \epsilon}},
+
+    .. math::
+
+       b'[o] = s[o] + a[o] b[o] = \beta[o] + (b[o] - \mu[o]) \frac{\gamma[o]}{\sqrt{\sigma^2[o] + \epsilon}},
+
+    with :math:`b = 0` for a conv without bias. Exact everywhere, borders
+    included: the BN acts on the conv's output, after any padding. Works for
+    ``BatchNorm2d`` and ``SyncBatchNorm`` alike and uses the layer's own ``eps``.
     """
     mean, var = bn_running_stats(bn)
     scale, shift = bn_scale_shift(mean, var, bn.weight, bn.bias, bn.eps)
@@ -77,9 +118,11 @@ def fold_bn(kernel: Tensor, bias: Optional[Tensor], bn: nn.Module) -> KernelBias
 
 def fold_bn_module(bn: nn.Module, channels: int, groups: int = 1,
                    kernel_size: int = 1) -> KernelBias:
-    """A BatchNorm on the identity path, as a conv: ``BN(x) = W' * x + b'``.
+    r"""A BatchNorm on the identity path, as a conv: :math:`\mathrm{BN}(x) = W' * x + b'`.
 
-    ``W'`` is :func:`identity_kernel` folded with the BN (see :func:`fold_bn`).
+    The identity is the conv :math:`x = I * x` with :math:`I` from
+    :func:`identity_kernel` (zero bias), so :math:`\mathrm{BN}(I * x)` folds by
+    :func:`fold_bn`: :math:`W'[i] = a[i]\, I[i]`, :math:`b' = s`.
     """
     kernel = identity_kernel(channels, groups, kernel_size,
                              dtype=bn.running_var.dtype, device=bn.running_var.device)
@@ -87,11 +130,21 @@ def fold_bn_module(bn: nn.Module, channels: int, groups: int = 1,
 
 
 def pad_kernel(kernel: Tensor, size: int | Tuple[int, int]) -> Tensor:
-    """Zero-pad a ``k x k`` kernel to a larger odd ``K x K``, centred.
+    r"""Zero-pad a :math:`k \times k` kernel to a larger odd :math:`K \times K`, centred.
 
-    ``W'[..., i + p, j + p] = W[..., i, j]`` with ``p = (K - k) / 2`` and zeros
-    elsewhere. A conv with ``W'`` and padding ``P`` equals the conv with ``W``
-    and padding ``P - p``, so small branches can be added to a large kernel.
+    :math:`W'[\ldots, i + p, j + p] = W[\ldots, i, j]` with :math:`p = (K - k) / 2`
+    and zeros elsewhere. Indexed by offsets from the centre, :math:`W'` has the
+    taps :math:`t` of :math:`W` and zeros at the others, so in the sum over taps
+    of the conv (module docstring)
+
+    .. math::
+
+       \sum_{t \in K \times K} W'[o, c, t]\, x[c](p + t) = \sum_{t \in k \times k} W[o, c, t]\, x[c](p + t):
+
+    a conv with :math:`W'` and padding :math:`P` equals the conv with :math:`W`
+    and padding :math:`P - p`, at any stride. That is how small branches are
+    added to a large kernel. The sizes must differ by an even number, or the
+    centre would move.
     """
     target = (size, size) if isinstance(size, int) else tuple(size)
     kh, kw = kernel.shape[-2:]
@@ -107,11 +160,13 @@ def pad_kernel(kernel: Tensor, size: int | Tuple[int, int]) -> Tensor:
 def identity_kernel(channels: int, groups: int = 1, kernel_size: int = 1,
                     dtype: torch.dtype = torch.float32,
                     device: Optional[torch.device] = None) -> Tensor:
-    """The identity map as a ``k x k`` (grouped) conv kernel.
+    r"""The identity map as a :math:`k \times k` (grouped) conv kernel.
 
-    ``W[i, i % (C / g), c, c] = 1`` and 0 elsewhere, where ``c = (k - 1) / 2``:
-    output channel ``i`` reads input channel ``i``, which is the
-    ``i % (C / g)``-th channel of its group.
+    :math:`W[i, i \bmod (C/g), c, c] = 1` and 0 elsewhere, where
+    :math:`c = (k - 1) / 2` is the centre tap. Output channel :math:`i` belongs
+    to group :math:`\lfloor i / (C/g) \rfloor`, whose input channel
+    :math:`i \bmod (C/g)` is channel :math:`i` of :math:`x`, read at the centre
+    tap only: :math:`(W * x)[i](p) = x[i](p)`.
     """
     if channels % groups:
         raise ValueError(f'channels ({channels}) must be divisible by groups ({groups})')
@@ -127,11 +182,17 @@ def identity_kernel(channels: int, groups: int = 1, kernel_size: int = 1,
 
 
 def sum_branches(branches: Iterable[KernelBias]) -> KernelBias:
-    """Parallel branches that read the same input and are summed, as one conv.
+    r"""Parallel branches that read the same input and are summed, as one conv.
 
-    ``sum_i (W_i * x + b_i) = (sum_i pad(W_i)) * x + sum_i b_i``, where
-    ``pad`` centres every kernel in the largest one (:func:`pad_kernel`).
-    All branches must share stride, groups and the centre of their padding.
+    The conv is linear in its kernel, so
+
+    .. math::
+
+       \sum_i (W_i * x + b_i) = \Big(\sum_i \mathrm{pad}(W_i)\Big) * x + \sum_i b_i,
+
+    where :math:`\mathrm{pad}` centres every kernel in the largest one
+    (:func:`pad_kernel`, which leaves each branch's output unchanged). All
+    branches must share stride, groups and the centre of their padding.
     """
     branches = list(branches)
     if not branches:
@@ -144,17 +205,25 @@ def sum_branches(branches: Iterable[KernelBias]) -> KernelBias:
 
 
 def compose_1x1_kxk(first: KernelBias, second: KernelBias, groups: int = 1) -> KernelBias:
-    """Sequential ``1x1`` conv then ``k x k`` conv, as one ``k x k`` conv.
+    r"""Sequential :math:`1 \times 1` conv then :math:`k \times k` conv, as one :math:`k \times k` conv.
 
-    With ``W1`` of shape ``(M, C/g, 1, 1)`` and ``W2`` of shape ``(O, M/g, k, k)``,
-    per group ``j``: ``W[j] = W2[j] (x) W1[j]``, i.e.
-    ``W[o, c] = sum_m W2[o, m] * W1[m, c]``, and
-    ``b[o] = b2[o] + sum_{m, u, v} W2[o, m, u, v] * b1[m]``.
+    With :math:`W_1` of shape ``(M, C/g, 1, 1)`` and :math:`W_2` of shape
+    ``(O, M/g, k, k)``, within each group (one group written out):
 
-    The bias term is exact where the ``k x k`` conv sees ``b1`` at every tap:
-    inside the image, or everywhere when the intermediate map is padded with
-    ``b1`` (or ``b1 = 0``, as in OREPA's linear branches). Zero padding of a
-    non-zero ``b1`` differs at the border.
+    .. math::
+
+       y_1[m](p) = \sum_c W_1[m, c]\, x[c](p) + b_1[m],
+
+    .. math::
+
+       y_2[o](p) = b_2[o] + \sum_m \sum_t W_2[o, m, t]\, y_1[m](p + t)
+                 = b_2[o] + \sum_c \sum_t \underbrace{\sum_m W_2[o, m, t] W_1[m, c]}_{W[o, c, t]} x[c](p + t)
+                   + \underbrace{\sum_{m, t} W_2[o, m, t]\, b_1[m]}_{b[o] - b_2[o]}.
+
+    The bias term is exact where the :math:`k \times k` conv sees :math:`b_1`
+    at every tap: inside the image, or everywhere when the intermediate map is
+    padded with :math:`b_1` (or :math:`b_1 = 0`, as in OREPA's linear branches).
+    Zero padding of a non-zero :math:`b_1` differs at the border.
     """
     w1, b1 = first
     w2, b2 = second
@@ -179,22 +248,33 @@ def compose_1x1_kxk(first: KernelBias, second: KernelBias, groups: int = 1) -> K
 def avg_pool_kernel(channels: int, kernel_size: int, groups: int = 1,
                     dtype: torch.dtype = torch.float32,
                     device: Optional[torch.device] = None) -> Tensor:
-    """A ``k x k`` average pool over each channel, as a conv kernel.
+    r"""A :math:`k \times k` average pool over each channel, as a conv kernel.
 
-    ``W[i, i % (C / g), :, :] = 1 / k^2``. Equal to ``AvgPool2d`` with
-    ``count_include_pad=True`` and the same stride and zero padding.
+    :math:`W[i, i \bmod (C/g), :, :] = 1 / k^2`: the identity kernel
+    (:func:`identity_kernel`) spread over all :math:`k^2` taps, so
+    :math:`(W * x)[i](p) = \frac{1}{k^2} \sum_t x[i](p + t)`. Equal to
+    ``AvgPool2d`` with ``count_include_pad=True`` (padded zeros count in the
+    mean) and the same stride and zero padding.
     """
     centre = identity_kernel(channels, groups, 1, dtype=dtype, device=device)
     return centre.expand(-1, -1, kernel_size, kernel_size) / kernel_size ** 2
 
 
 def fold_preceding_bn(bn: nn.Module, kernel: Tensor, bias: Optional[Tensor]) -> KernelBias:
-    """Fold an eval-mode BatchNorm that comes BEFORE a ``1x1`` conv into the conv.
+    r"""Fold an eval-mode BatchNorm that comes BEFORE a :math:`1 \times 1` conv into the conv.
 
-    With ``BN(x) = a * x + s`` per input channel (:func:`bn_scale_shift`),
-    ``W * BN(x) + b = W' * x + b'`` where ``W'[o, c] = W[o, c] * a[c]`` and
-    ``b'[o] = b[o] + sum_c W[o, c] * s[c]``. Exact for ``1x1`` convs without
-    groups, which have no zero padding that would skip the shift.
+    With :math:`\mathrm{BN}(x)[c] = a[c] x[c] + s[c]` per input channel
+    (:func:`bn_scale_shift`):
+
+    .. math::
+
+       \sum_c W[o, c] (a[c] x[c] + s[c]) + b[o]
+       = \sum_c \underbrace{W[o, c]\, a[c]}_{W'[o, c]} x[c]
+         + \underbrace{b[o] + \sum_c W[o, c]\, s[c]}_{b'[o]}.
+
+    Exact for :math:`1 \times 1` convs without groups, which have no zero
+    padding: a padded :math:`k \times k` conv would read zeros, not
+    :math:`s`, at the border.
     """
     if kernel.shape[-2:] != (1, 1):
         raise ValueError('a preceding BN folds exactly only into a 1x1 conv, '
@@ -212,12 +292,25 @@ def fold_preceding_bn(bn: nn.Module, kernel: Tensor, bias: Optional[Tensor]) -> 
 
 
 def compose_kxk_1x1(first: KernelBias, second: KernelBias, groups: int = 1) -> KernelBias:
-    """Sequential ``k x k`` conv (``groups`` g) then dense ``1x1`` conv, as one dense ``k x k`` conv.
+    r"""Sequential :math:`k \times k` conv (groups :math:`g`) then dense :math:`1 \times 1` conv, as one dense :math:`k \times k` conv.
 
-    With ``W1`` of shape ``(M, C/g, k, k)`` and ``W2`` of shape ``(O, M, 1, 1)``:
-    ``W[o, c, u, v] = sum_{m in group(c)} W2[o, m] * W1[m, c % (C/g), u, v]`` and
-    ``b[o] = b2[o] + sum_m W2[o, m] * b1[m]``. Exact everywhere, since the
-    ``1x1`` conv has no padding. A depthwise-separable pair is ``g = C``.
+    With :math:`W_1` of shape ``(M, C/g, k, k)`` and :math:`W_2` of shape
+    ``(O, M, 1, 1)``, write :math:`c' = c \bmod (C/g)` and :math:`m \in g(c)` for
+    the intermediate channels of input channel :math:`c`'s group:
+
+    .. math::
+
+       y_2[o](p) = b_2[o] + \sum_m W_2[o, m] \Big(b_1[m] + \sum_{c \in g(m)} \sum_t W_1[m, c', t]\, x[c](p + t)\Big),
+
+    so
+
+    .. math::
+
+       W[o, c, t] = \sum_{m \in g(c)} W_2[o, m]\, W_1[m, c', t], \qquad
+       b[o] = b_2[o] + \sum_m W_2[o, m]\, b_1[m].
+
+    Exact everywhere, since the :math:`1 \times 1` conv has no padding. A
+    depthwise-separable pair is :math:`g = C`.
     """
     w1, b1 = first
     w2, b2 = second
@@ -238,12 +331,20 @@ def compose_kxk_1x1(first: KernelBias, second: KernelBias, groups: int = 1) -> K
 
 
 def spread_1x1(kernel_1x1: Tensor, spatial: Tensor) -> Tensor:
-    """A ``1x1`` kernel followed by a fixed per-channel spatial filter, as one ``k x k`` kernel.
+    r"""A :math:`1 \times 1` kernel followed by a fixed per-channel spatial filter, as one :math:`k \times k` kernel.
 
-    ``W[o, i, u, v] = W1[o, i] * S[u, v]`` for a shared ``S`` of shape
-    ``(k, k)``, or ``W1[o, i] * S[o, u, v]`` for one filter per output channel
-    (``S`` of shape ``(O, k, k)``). ``S = 1 / k^2`` is a ``1x1`` conv then
-    average pooling (count_include_pad) of each output channel.
+    A fixed filter :math:`S` applied to each output channel of a :math:`1 \times 1`
+    conv commutes with the channel sum:
+
+    .. math::
+
+       \sum_t S[t] \sum_i W_1[o, i]\, x[i](p + t) = \sum_i \sum_t \underbrace{W_1[o, i]\, S[t]}_{W[o, i, t]} x[i](p + t),
+
+    so :math:`W[o, i, u, v] = W_1[o, i]\, S[u, v]` for a shared :math:`S` of
+    shape ``(k, k)``, or :math:`W_1[o, i]\, S[o, u, v]` for one filter per
+    output channel (:math:`S` of shape ``(O, k, k)``). :math:`S = 1 / k^2` is a
+    :math:`1 \times 1` conv then average pooling (count_include_pad) of each
+    output channel.
     """
     if kernel_1x1.shape[-2:] != (1, 1):
         raise ValueError(f'expected a 1x1 kernel, got {tuple(kernel_1x1.shape[-2:])}')
@@ -253,15 +354,28 @@ def spread_1x1(kernel_1x1: Tensor, spatial: Tensor) -> Tensor:
 
 
 def compose_kxk_kxk(first: KernelBias, second: KernelBias, groups: int = 1) -> KernelBias:
-    """Sequential ``k1 x k1`` conv then ``k2 x k2`` conv (stride 1, same groups), as one conv.
+    r"""Sequential :math:`k_1 \times k_1` conv then :math:`k_2 \times k_2` conv (stride 1, same groups), as one conv.
 
-    With ``W1`` of shape ``(M, C/g, k1, k1)`` and ``W2`` of shape ``(O, M/g, k2, k2)``
-    the composite has size ``K = k1 + k2 - 1`` and is their full 2-D convolution
-    (per group): ``W[o, c, s, t] = sum_{m, u, v} W2[o, m, u, v] * W1[m, c, s - u, t - v]``,
-    and ``b[o] = b2[o] + sum_{m, u, v} W2[o, m, u, v] * b1[m]``. Exact for the
-    stack run on an input zero-padded once by ``P1 + P2`` (the composite's
-    padding); with each conv padding its own input, the two differ within
-    ``P2`` pixels of the border (and the bias term as in :func:`compose_1x1_kxk`).
+    With :math:`W_1` of shape ``(M, C/g, k1, k1)`` and :math:`W_2` of shape
+    ``(O, M/g, k2, k2)``, per group, taps :math:`u` of :math:`W_2` and
+    :math:`a` of :math:`W_1`:
+
+    .. math::
+
+       y_2[o](p) = b_2[o] + \sum_m \sum_u W_2[o, m, u] \Big(b_1[m] + \sum_c \sum_a W_1[m, c, a]\, x[c](p + u + a)\Big).
+
+    Grouping the terms by :math:`s = u + a` gives one kernel of size
+    :math:`K = k_1 + k_2 - 1`, the full 2-D convolution of the two kernels:
+
+    .. math::
+
+       W[o, c, s] = \sum_{m, u} W_2[o, m, u]\, W_1[m, c, s - u], \qquad
+       b[o] = b_2[o] + \sum_{m, u} W_2[o, m, u]\, b_1[m].
+
+    Exact for the stack run on an input zero-padded once by :math:`P_1 + P_2`
+    (the composite's padding); with each conv padding its own input, the two
+    differ within :math:`P_2` pixels of the border (and the bias term as in
+    :func:`compose_1x1_kxk`).
     """
     w1, b1 = first
     w2, b2 = second
@@ -280,16 +394,23 @@ def compose_kxk_kxk(first: KernelBias, second: KernelBias, groups: int = 1) -> K
 
 def compose_dw_pw(first: KernelBias, second: KernelBias, in_channels: int,
                   groups: int = 1) -> KernelBias:
-    """Depthwise ``k x k`` conv then a (grouped) ``1x1`` conv, as one ``k x k`` conv.
+    r"""Depthwise :math:`k \times k` conv then a (grouped) :math:`1 \times 1` conv, as one :math:`k \times k` conv.
 
-    The depthwise conv ``W1`` of shape ``(C*r, 1, k, k)`` (``groups=C``) makes the
-    ``r`` maps ``c*r .. c*r + r - 1`` of input channel ``c``; the ``1x1`` conv ``W2``
-    of shape ``(O, C*r/g, 1, 1)`` has groups ``g``. For output ``o`` of group ``j``
-    and input channel ``c = j*C/g + c'``:
-    ``W[o, c', u, v] = sum_e W2[o, c'*r + e] * W1[c*r + e, 0, u, v]`` and
-    ``b[o] = b2[o] + sum_m W2[o, m] * b1[j*C*r/g + m]``. Exact everywhere (the
-    ``1x1`` conv has no padding). For ``g = 1`` this is :func:`compose_kxk_1x1`
-    with ``groups=C``, as one vectorized product (no loop over channels).
+    The depthwise conv :math:`W_1` of shape ``(C*r, 1, k, k)`` (``groups=C``)
+    makes the :math:`r` maps :math:`c r, \ldots, c r + r - 1` of input channel
+    :math:`c`; the :math:`1 \times 1` conv :math:`W_2` of shape
+    ``(O, C*r/g, 1, 1)`` has groups :math:`g`. Map :math:`c r + e` reads only
+    channel :math:`c`, so for output :math:`o` of group :math:`j` and input
+    channel :math:`c = j C/g + c'`:
+
+    .. math::
+
+       W[o, c', u, v] = \sum_{e < r} W_2[o, c' r + e]\, W_1[c r + e, 0, u, v], \qquad
+       b[o] = b_2[o] + \sum_m W_2[o, m]\, b_1[j C r / g + m].
+
+    Exact everywhere (the :math:`1 \times 1` conv has no padding). For
+    :math:`g = 1` this is :func:`compose_kxk_1x1` with ``groups=C``, as one
+    vectorized product (no loop over channels).
     """
     w1, b1 = first
     w2, b2 = second

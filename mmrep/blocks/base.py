@@ -44,6 +44,7 @@ class ReparamModule(nn.Module):
     deploy: bool = False
 
     def reparameterize(self) -> None:  # pragma: no cover - interface
+        """Fuse this block in place into its deploy form; a no-op on a fused block."""
         raise NotImplementedError
 
     def fused_kernel_bias(self) -> fusion.KernelBias:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from mmrep import fusion
 from mmrep.blocks.base import ActLayer, NormLayer, ReparamModule, conv_from
 
-# Depthwise maps per input channel in the depthwise-separable branch (official value).
+#: Depthwise maps per input channel in the depthwise-separable branch (official value).
 DWS_EXPANSION = 8
 
 
@@ -88,6 +88,7 @@ class OREPAKernel(nn.Module):
     is learned.
     """
 
+    #: The six linear branches, in the order of their learned ``scales``.
     branches = ('origin', 'avg', 'prior', '1x1_kxk', '1x1', 'dws')
     init_scales = (0.25, 0.25, 0.0, 0.5, 1.0, 0.5)
 
@@ -256,8 +257,8 @@ class OREPA(_OnlineReparamConv):
     """An OREPA ``k x k`` conv: ``act(BN(conv(x, W)))``, ``W`` from :class:`OREPAKernel`.
 
     Args:
-        in_channels, out_channels, kernel_size (odd, >= 3), stride, dilation,
-            groups: as ``nn.Conv2d``; padding defaults to "same".
+        in_channels, out_channels, kernel_size, stride, dilation, groups: as
+            ``nn.Conv2d`` (``kernel_size`` odd and >= 3); padding defaults to "same".
         internal_channels: width of the ``1x1 -> k x k`` branch; default
             ``in_channels``, or ``2 * in_channels`` when ``groups > 4`` (official).
         norm_layer: builds the single norm from a channel count (BN, SyncBN, ...).

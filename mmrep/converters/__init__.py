@@ -29,7 +29,7 @@ from mmrep.version import __version__
 __all__ = ['convert_checkpoint', 'ConversionError', 'Conversion', 'FAMILIES', 'find_family',
            'load_source']
 
-# The first part of an arch name ('repvgg-a0' -> 'repvgg') names its family module.
+#: The first part of an arch name ('repvgg-a0' -> 'repvgg') names its family module.
 FAMILY_MODULES = {
     'repvgg': 'mmrep.converters.repvgg',
     'repghostnet': 'mmrep.converters.repghostnet',

@@ -5,18 +5,18 @@ training form and in deploy form (official ``convert.py`` /
 ``repvgg_model_convert``, timm ``reparameterize_model``, mmpretrain
 ``switch_to_deploy``):
 
-==================  ==========================  ==========================  =============================
-mmrep               official                    timm                        mmpretrain
-==================  ==========================  ==========================  =============================
-``stem``            ``stage0``                  ``stem``                    ``stem``
-``stages.{i}``      ``stage{i+1}``              ``stages.{i}``              ``stage_{i+1}``
-``branch_3x3``      ``rbr_dense`` (conv, bn)    ``conv_kxk`` (conv, bn)     ``branch_3x3`` (conv, norm)
-``branch_1x1``      ``rbr_1x1``                 ``conv_1x1``                ``branch_1x1`` (conv, norm)
-``branch_identity`` ``rbr_identity``            ``identity``                ``branch_norm``
-``branch_reparam``  ``rbr_reparam``             ``reparam_conv``            ``branch_reparam``
-``se.down/up``      ``se.down/up``              ``attn.fc1/fc2``            ``se_layer.conv1/conv2.conv``
-(dropped)           ``linear``                  ``head``, ``final_conv``    ``head`` (outside ``backbone.``)
-==================  ==========================  ==========================  =============================
+===================  ========================  ========================  ================================
+mmrep                official                  timm                      mmpretrain
+===================  ========================  ========================  ================================
+``stem``             ``stage0``                ``stem``                  ``stem``
+``stages.{i}``       ``stage{i+1}``            ``stages.{i}``            ``stage_{i+1}``
+``branch_3x3``       ``rbr_dense`` (conv, bn)  ``conv_kxk`` (conv, bn)   ``branch_3x3`` (conv, norm)
+``branch_1x1``       ``rbr_1x1``               ``conv_1x1``              ``branch_1x1`` (conv, norm)
+``branch_identity``  ``rbr_identity``          ``identity``              ``branch_norm``
+``branch_reparam``   ``rbr_reparam``           ``reparam_conv``          ``branch_reparam``
+``se.down/up``       ``se.down/up``            ``attn.fc1/fc2``          ``se_layer.conv1/conv2.conv``
+(dropped)            ``linear``                ``head``, ``final_conv``  ``head`` (outside ``backbone.``)
+===================  ========================  ========================  ================================
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The fastest correct memory layout of a fused model: one decision for every inference tool.
 
-``tools/test.py`` (through :class:`~mmrep.engine.RepDeployHook`), the demo's
+``tools/test.py`` (through :class:`~mmrep.engine.rep_deploy_hook.RepDeployHook`), the demo's
 latency line, ``tools/benchmark.py`` and the hook's fused validation all call
 :func:`to_fast_path` after fusing, so they run the same layout.
 

@@ -20,11 +20,11 @@ from mmengine.model.weight_init import PretrainedInit, update_init_info
 from mmengine.runner.checkpoint import CheckpointLoader
 from torch import nn
 
-# A BatchNorm that lacks its step counter loads fine (torch fills it in);
-# the counter does not change the eval-mode output.
+#: Key suffixes a checkpoint may lack. A BatchNorm without its step counter loads
+#: fine (torch fills it in), and the counter does not change the eval-mode output.
 OPTIONAL_SUFFIXES = ('num_batches_tracked',)
 CONVERT_HINT = ('Checkpoints of the official repos, timm or mmpretrain must be converted '
-                'first: run tools/convert_weights.py (README, "Pretrained weights").')
+                'first: run tools/convert_weights.py (docs/en/user_guides/pretrained_weights.md).')
 
 
 class StateDictMismatch(NamedTuple):

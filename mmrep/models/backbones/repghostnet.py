@@ -37,6 +37,7 @@ class RepGhostNet(RepBackbone):
         out_channels: channels of the four stage outputs (24/40/112/160 at 1.0x).
     """
 
+    #: The width multipliers of the official RepGhostNet models.
     WIDEN_FACTORS = (0.5, 0.58, 0.8, 1.0, 1.11, 1.3, 1.5, 2.0)
 
     # Per stage: (dw kernel, expanded channels, out channels, SE ratio, stride).

@@ -53,6 +53,7 @@ class RepVGG(RepBackbone):
         out_channels: the four stage widths, e.g. ``[48, 96, 192, 1280]`` for A0.
     """
 
+    #: Blocks per stage, width multipliers, grouped layers and SE of each published arch, by name.
     arch_settings: Dict[str, dict] = {
         'A0': _arch(_DEPTHS_A, (0.75, 0.75, 0.75, 2.5)),
         'A1': _arch(_DEPTHS_A, (1, 1, 1, 2.5)),
