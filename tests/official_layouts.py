@@ -90,6 +90,7 @@ def official_repvit_state(timm_model) -> dict:
     naming = OFFICIAL_REPVIT_FUSED_KEY if fused else OFFICIAL_REPVIT_KEY
     bad = [k for k in out if not naming.match(k)]
     assert not bad, f'not official RepViT names: {bad[:5]}'
-    assert feature - 1 == sum(1 + len(s.blocks) + (0 if isinstance(s.downsample, nn.Identity) else 1)
+    # one official features entry per block, two for each timm downsample (pre-block, stride 2)
+    assert feature - 1 == sum(len(s.blocks) + (0 if isinstance(s.downsample, nn.Identity) else 2)
                               for s in timm_model.stages)
     return out

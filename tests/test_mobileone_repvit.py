@@ -369,3 +369,32 @@ def test_reparameterize_in_place_is_idempotent(cls):
     model.switch_to_deploy()
     assert model.state_dict().keys() == state.keys()
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+# ---------------------------------------------------------------- ONNX
+
+
+@pytest.mark.parametrize('cls, arch', [(RepViT, 'm1.1'), (MobileOne, 's0')])
+def test_fused_backbone_exports_to_onnx_without_batchnorm(cls, arch, tmp_path):
+    onnxruntime = pytest.importorskip('onnxruntime')
+    from mmrep.deploy.graph_checks import check_onnx_graph
+    model = randomize_bn(cls(arch)).eval()
+    x = image(1, 3, 64, 96)
+    with torch.no_grad():
+        expected = model(x)
+    fused = reparameterize_model(model)
+    path = str(tmp_path / f'{arch}.onnx')
+    with torch.no_grad():
+        torch.onnx.export(fused, (x,), path, opset_version=17, input_names=['image'],
+                          do_constant_folding=True, dynamo=False)
+    report = check_onnx_graph(path, fused)
+    assert report['bn_nodes'] == 0 and report['ok'], report['errors']
+    # and the unfused model's export does hold them: the count can fail
+    unfused_path = str(tmp_path / 'unfused.onnx')
+    with torch.no_grad():
+        torch.onnx.export(model, (x,), unfused_path, opset_version=17, do_constant_folding=False,
+                          dynamo=False, training=torch.onnx.TrainingMode.PRESERVE)
+    assert check_onnx_graph(unfused_path, model)['bn_nodes'] > 0
+    session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
+    outs = session.run(None, {'image': x.numpy()})
+    assert max_rel_diff(expected, [torch.from_numpy(o) for o in outs]) < 1e-4
