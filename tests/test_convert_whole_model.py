@@ -118,7 +118,8 @@ def mmdet2_checkpoint(path, backbone: dict, seed=0) -> dict:
     state = dict(backbone)
     state.update(random_tensors(mmdet2_fpn_shapes([64, 128, 256, 512]), seed))
     state.update(random_tensors(mmdet2_mask_rcnn_head_shapes(), seed + 1))
-    for key in [k for k in state if k.startswith(('rpn_head.rpn_reg.', 'roi_head.bbox_head.fc_reg.'))]:
+    regressors = ('rpn_head.rpn_reg.', 'roi_head.bbox_head.fc_reg.')
+    for key in [k for k in state if k.startswith(regressors)]:
         state[key] = torch.zeros_like(state[key])  # boxes = anchors: no degenerate random boxes
     torch.save({'meta': dict(mmdet_version='2.28.2', CLASSES=COCO_CLASSES, epoch=12, iter=87960),
                 'state_dict': state,
@@ -159,23 +160,24 @@ def test_mmdet2_mask_rcnn_repvit_loads_strictly_into_the_mmdet3_config(tmp_path,
         assert torch.equal(lateral.weight, state['neck.lateral_convs.3.conv.weight'])
         assert neck[0].shape == (1, 256, 24, 32) and len(neck) == 5
 
-    # a full detection on a real image, unfused and fused alike (random heads: near-equal
-    # scores may swap ranks, so boxes are matched by IoU, as the export checks do)
+    # a full detection on a real image with the stock API, unfused and fused
     from mmdet.apis import inference_detector
-    from mmrep.deploy.compare import compare_instances
     image = os.path.join(shared_data('coco128'), 'train2017', '000000000009.jpg')
-    model.roi_head.test_cfg.score_thr = 0.0  # the heads hold their own test_cfg
-    model.roi_head.test_cfg.max_per_img = 30
+    model.roi_head.test_cfg.score_thr = 0.0  # random heads: keep every box
     for step in model.cfg.test_dataloader.dataset.pipeline:  # small images: a fast test
         if step['type'] == 'Resize':
             step['scale'] = (320, 256)
-    unfused = inference_detector(model, image).pred_instances
     fused_model = mmrep.reparameterize_model(model)
     assert count_bn(fused_model.backbone) == 0
-    fused = inference_detector(fused_model, image).pred_instances
-    agreement = compare_instances(unfused, fused, top_k=20)
-    assert agreement['compared'] == 20 and agreement['matched'] >= 18, agreement
-    assert agreement['max_score_abs_diff'] < 1e-4 and agreement['mean_mask_iou'] > 0.95
+    for detector in (model, fused_model):
+        instances = inference_detector(detector, image).pred_instances
+        assert len(instances) == 100 and instances.masks.shape[1:] == (480, 640)
+    # the fused detector computes the same features and RPN maps (random heads rank
+    # near-equal scores arbitrarily, so final boxes are not compared one by one)
+    with torch.no_grad():
+        feats, fused_feats = model.extract_feat(x), fused_model.extract_feat(x)
+        assert max_rel_diff(feats, fused_feats) < 1e-4
+        assert max_rel_diff(model.rpn_head(feats), fused_model.rpn_head(fused_feats)) < 1e-4
 
 
 def test_mmseg0_semantic_fpn_repvit_loads_strictly_into_the_mmseg1_config(tmp_path, timm_m1_1):

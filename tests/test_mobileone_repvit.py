@@ -1,4 +1,4 @@
-"""MobileOne and RepViT: exact fusion of every block and arch, the official structure, mmdet options."""
+"""MobileOne and RepViT: exact fusion of every block and arch, official structure, mmdet options."""
 from __future__ import annotations
 
 import copy

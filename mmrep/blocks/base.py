@@ -52,6 +52,29 @@ class ReparamModule(nn.Module):
         raise NotImplementedError(f'{type(self).__name__} is not a single conv')
 
 
+def branch_kernel_bias(branch: nn.Module, in_channels: int, groups: int,
+                       like: torch.Tensor) -> fusion.KernelBias:
+    """The ``(W, b)`` of one parallel branch of a block that reads ``in_channels`` with ``groups``.
+
+    A branch is a conv-BN or another single-conv block (its
+    :meth:`~ReparamModule.fused_kernel_bias`), a plain conv (its weights, a
+    zero bias if it has none), a BatchNorm on the identity path
+    (:func:`~mmrep.fusion.fold_bn_module`) or the identity itself
+    (:func:`~mmrep.fusion.identity_kernel`, of ``like``'s dtype and device).
+    """
+    if isinstance(branch, ReparamModule):
+        return branch.fused_kernel_bias()
+    if isinstance(branch, nn.Conv2d):
+        bias = branch.bias if branch.bias is not None else fusion.zeros_bias(branch.weight)
+        return branch.weight, bias
+    if isinstance(branch, nn.modules.batchnorm._BatchNorm):
+        return fusion.fold_bn_module(branch, in_channels, groups)
+    if isinstance(branch, nn.Identity):
+        kernel = fusion.identity_kernel(in_channels, groups, dtype=like.dtype, device=like.device)
+        return kernel, fusion.zeros_bias(kernel)
+    raise TypeError(f'a {type(branch).__name__} branch is not a linear map mmrep can fuse')
+
+
 def conv_from(template: nn.Conv2d, kernel: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
     """A conv with the template's stride, padding, dilation and groups, and the given weights.
 

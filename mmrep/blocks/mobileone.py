@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from mmrep import fusion
-from mmrep.blocks.base import ActLayer, ConvBN, NormLayer, ReparamModule, conv_from
+from mmrep.blocks.base import (ActLayer, ConvBN, NormLayer, ReparamModule, branch_kernel_bias,
+                               conv_from)
 from mmrep.blocks.se import SqueezeExcite
 
 # The official SEBlock reduces by rd_ratio 0.0625: int(C * 0.0625) = C // 16.
@@ -92,13 +93,10 @@ class MobileOneBlock(ReparamModule):
         """The ``(W, b)`` of the branch sum (before SE and activation)."""
         if self.deploy:
             return self.branch_reparam.weight, self.branch_reparam.bias
-        branches = [branch.fused_kernel_bias() for branch in self.branch_convs]
-        if self.branch_scale is not None:
-            branches.append(self.branch_scale.fused_kernel_bias())
-        if self.branch_identity is not None:
-            branches.append(fusion.fold_bn_module(self.branch_identity, self.in_channels,
-                                                  self.groups))
-        return fusion.sum_branches(branches)
+        branches = [*self.branch_convs, self.branch_scale, self.branch_identity]
+        like = self.branch_convs[0].conv.weight
+        return fusion.sum_branches(branch_kernel_bias(b, self.in_channels, self.groups, like)
+                                   for b in branches if b is not None)
 
     def reparameterize(self) -> None:
         if self.deploy:

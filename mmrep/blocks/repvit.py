@@ -14,9 +14,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from mmrep import fusion
-from mmrep.blocks.base import (ActLayer, ConvBN, NormLayer, ReparamModule, conv_from,
-                               make_divisible)
+from mmrep.blocks.base import ActLayer, ConvBN, NormLayer, make_divisible
+from mmrep.blocks.repvgg import RepVGGBlock
 from mmrep.blocks.se import SqueezeExcite
 
 # timm's SqueezeExcite(C, 0.25) as the official code uses it: C / 4 rounded to a multiple of 8.
@@ -29,74 +28,35 @@ def se_channels(channels: int) -> int:
     return make_divisible(channels * SE_RATIO, SE_DIVISOR, round_limit=0)
 
 
-class RepVGGDW(ReparamModule):
+class RepVGGDW(RepVGGBlock):
     """RepViT's token mixer, ``BN(BN3(dw3x3(x)) + dw1x1(x) + x)``, fused to one depthwise conv.
 
     The ``3x3`` depthwise conv has a BN, the ``1x1`` depthwise conv a bias and
-    no BN, the identity nothing; one BN follows the sum (the layout of
-    QARepVGG, :class:`~mmrep.blocks.repvgg.RepVGGBlock` with
-    ``quant_friendly=True``, at depthwise level). Fusion sums the branch
-    kernels and folds the post-sum BN last.
+    no BN, the identity nothing; one BN follows the sum: the branches of
+    QARepVGG (:class:`~mmrep.blocks.repvgg.RepVGGBlock` with
+    ``quant_friendly=True``) at depthwise level, with a biased ``1x1`` and no
+    activation. Fusion sums the branch kernels and folds the post-sum BN last.
 
     ``legacy=True`` is the first RepViT release (archs m1/m2/m3, timm
-    ``legacy=True``): ``BN3(dw3x3(x)) + BN1(dw1x1(x)) + x`` with a BN on the
-    ``1x1`` branch and none after the sum.
+    ``legacy=True``): ``BN3(dw3x3(x)) + BN1(dw1x1(x)) + x``, RepVGG's block
+    with a plain identity and no BN after the sum.
 
     State dict: training ``branch_3x3.{conv,bn}``, ``branch_1x1.{weight,bias}``
     (legacy ``branch_1x1.{conv,bn}``), ``post_norm``; deploy
     ``branch_reparam.{weight,bias}``.
     """
 
-    def __init__(self, channels: int, kernel_size: int = 3, legacy: bool = False,
+    def __init__(self, channels: int, legacy: bool = False,
                  norm_layer: NormLayer = nn.BatchNorm2d, deploy: bool = False):
-        super().__init__()
-        self.channels = channels
+        super().__init__(channels, channels, groups=channels, norm_layer=norm_layer,
+                         act_layer=nn.Identity, deploy=deploy, quant_friendly=not legacy)
         self.legacy = legacy
-        self.deploy = deploy
         if deploy:
-            self.branch_reparam = nn.Conv2d(channels, channels, kernel_size, 1, kernel_size // 2,
-                                            groups=channels, bias=True)
             return
-        self.branch_3x3 = ConvBN(channels, channels, kernel_size, groups=channels,
-                                 norm_layer=norm_layer)
-        if legacy:
-            self.branch_1x1: nn.Module = ConvBN(channels, channels, 1, padding=0,
-                                                groups=channels, norm_layer=norm_layer)
-            self.post_norm: Optional[nn.Module] = None
-        else:
+        if legacy:  # RepVGG's branches, but the identity has no BN
+            self.branch_identity = nn.Identity()
+        else:  # QARepVGG's branches, but the 1x1 conv has a bias
             self.branch_1x1 = nn.Conv2d(channels, channels, 1, groups=channels, bias=True)
-            self.post_norm = norm_layer(channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.deploy:
-            return self.branch_reparam(x)
-        out = self.branch_3x3(x) + self.branch_1x1(x) + x
-        return self.post_norm(out) if self.post_norm is not None else out
-
-    def fused_kernel_bias(self) -> fusion.KernelBias:
-        if self.deploy:
-            return self.branch_reparam.weight, self.branch_reparam.bias
-        kernel_3x3 = self.branch_3x3.fused_kernel_bias()
-        if isinstance(self.branch_1x1, ConvBN):
-            kernel_1x1 = self.branch_1x1.fused_kernel_bias()
-        else:
-            kernel_1x1 = (self.branch_1x1.weight, self.branch_1x1.bias)
-        identity = fusion.identity_kernel(self.channels, self.channels,
-                                          dtype=kernel_3x3[0].dtype,
-                                          device=kernel_3x3[0].device)
-        kernel, bias = fusion.sum_branches(
-            [kernel_3x3, kernel_1x1, (identity, fusion.zeros_bias(identity))])
-        if self.post_norm is not None:  # the post-sum BN folds last, onto the summed conv
-            kernel, bias = fusion.fold_bn(kernel, bias, self.post_norm)
-        return kernel, bias
-
-    def reparameterize(self) -> None:
-        if self.deploy:
-            return
-        kernel, bias = self.fused_kernel_bias()
-        self.branch_reparam = conv_from(self.branch_3x3.conv, kernel, bias)
-        del self.branch_3x3, self.branch_1x1, self.post_norm
-        self.deploy = True
 
 
 class RepViTFFN(nn.Module):
@@ -125,7 +85,6 @@ class RepViTBlock(nn.Module):
     Args:
         channels: input (= output) channels.
         mlp_ratio: FFN width over ``channels``.
-        kernel_size: of the depthwise token mixer.
         use_se: squeeze-excitation after the token mixer (``C / 4`` wide, see :func:`se_channels`).
         legacy: the first release's token mixer (see :class:`RepVGGDW`).
         norm_layer, act_layer, deploy: as the other blocks (``act_layer`` is the FFN's).
@@ -133,12 +92,11 @@ class RepViTBlock(nn.Module):
     State dict: ``token_mixer.*``, ``se.{down,up}``, ``channel_mixer.*``.
     """
 
-    def __init__(self, channels: int, mlp_ratio: float = 2, kernel_size: int = 3,
-                 use_se: bool = False, legacy: bool = False,
-                 norm_layer: NormLayer = nn.BatchNorm2d, act_layer: ActLayer = nn.GELU,
-                 deploy: bool = False):
+    def __init__(self, channels: int, mlp_ratio: float = 2, use_se: bool = False,
+                 legacy: bool = False, norm_layer: NormLayer = nn.BatchNorm2d,
+                 act_layer: ActLayer = nn.GELU, deploy: bool = False):
         super().__init__()
-        self.token_mixer = RepVGGDW(channels, kernel_size, legacy, norm_layer, deploy)
+        self.token_mixer = RepVGGDW(channels, legacy, norm_layer, deploy)
         self.se: Optional[nn.Module] = (
             SqueezeExcite(channels, se_channels(channels)) if use_se else None)
         self.channel_mixer = RepViTFFN(channels, int(channels * mlp_ratio), norm_layer,
@@ -154,7 +112,7 @@ class RepViTBlock(nn.Module):
 class RepViTDownsample(nn.Module):
     """RepViT's stride-2 block: ``y = pw(dw_s2(x))``, then ``y + FFN(y)``.
 
-    ``spatial_downsample`` is a depthwise stride-2 conv-BN, ``channel_downsample``
+    ``spatial_downsample`` is a depthwise ``3x3`` stride-2 conv-BN, ``channel_downsample``
     a ``1x1`` conv-BN to ``out_channels``. (timm's ``RepVitDownsample`` also
     holds the stride-1 block before them, its ``pre_block``; mmrep keeps that
     block in the stage, where a feature tap may follow it.)
@@ -163,12 +121,11 @@ class RepViTDownsample(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, mlp_ratio: float = 2,
-                 kernel_size: int = 3, norm_layer: NormLayer = nn.BatchNorm2d,
-                 act_layer: ActLayer = nn.GELU, deploy: bool = False):
+                 norm_layer: NormLayer = nn.BatchNorm2d, act_layer: ActLayer = nn.GELU,
+                 deploy: bool = False):
         super().__init__()
-        self.spatial_downsample = ConvBN(in_channels, in_channels, kernel_size, 2,
-                                         groups=in_channels, norm_layer=norm_layer,
-                                         deploy=deploy)
+        self.spatial_downsample = ConvBN(in_channels, in_channels, 3, 2, groups=in_channels,
+                                         norm_layer=norm_layer, deploy=deploy)
         self.channel_downsample = ConvBN(in_channels, out_channels, 1, padding=0,
                                          norm_layer=norm_layer, deploy=deploy)
         self.ffn = RepViTFFN(out_channels, int(out_channels * mlp_ratio), norm_layer,

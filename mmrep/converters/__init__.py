@@ -68,8 +68,8 @@ def find_family(arch: str) -> ModuleType:
                               f'{", ".join(module.ARCHS)}')
     raise ConversionError(f'unknown --arch {arch!r}; archs start with '
                           f'{", ".join(k + "-" for k in FAMILY_MODULES)} '
-                          '(e.g. repvgg-a0, repghostnet-1.0x, orepa-resnet50, replknet-31b, mobileone-s0, '
-                          'repvit-m1.1)')
+                          '(e.g. repvgg-a0, repghostnet-1.0x, orepa-resnet50, replknet-31b, '
+                          'mobileone-s0, repvit-m1.1)')
 
 
 def load_source(path: str, unsafe: bool = False):

@@ -1,4 +1,4 @@
-"""MobileOne checkpoints of apple/ml-mobileone, timm (``mobileone_s*``) and mmpretrain (``MobileOne``).
+"""MobileOne checkpoints of apple/ml-mobileone, timm (``mobileone_s*``), mmpretrain (``MobileOne``).
 
 All three build the same network (stem block, then pairs of depthwise /
 pointwise blocks per stage), so conversion is renaming only, in training

@@ -1,4 +1,4 @@
-"""Whole detector / segmentor checkpoints of mmdet 2.x and mmseg 0.x -> the model of an mmrep config.
+"""Whole detector / segmentor checkpoints of mmdet 2.x / mmseg 0.x -> the model of an mmrep config.
 
 RepViT's authors released COCO Mask R-CNN and ADE20K Semantic FPN checkpoints
 trained with mmdet 2.28 and mmseg 0.30 (THU-MIG/RepViT ``detection/``,

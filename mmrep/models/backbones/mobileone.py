@@ -6,7 +6,8 @@ from typing import Dict, Optional, Sequence, Union
 from torch import nn
 
 from mmrep.blocks.mobileone import MobileOneBlock
-from mmrep.models.backbones.base import NUM_STAGES, RepBackbone, check_choice, make_norm_layer
+from mmrep.models.backbones.base import (NUM_STAGES, RepBackbone, make_norm_layer,
+                                         resolve_arch)
 
 _DEPTHS = (2, 8, 10, 1)
 _BASE_WIDTHS = (64, 128, 256, 512)
@@ -61,7 +62,13 @@ class MobileOne(RepBackbone):
         super().__init__(out_indices=out_indices, frozen_stages=frozen_stages,
                          norm_eval=norm_eval, with_cp=with_cp, deploy=deploy,
                          init_cfg=init_cfg)
-        arch = self._resolve_arch(arch)
+        arch = resolve_arch('MobileOne', arch, self.arch_settings, ('num_blocks', 'width_factor'),
+                            dict(num_conv_branches=1, num_se_blocks=(0,) * NUM_STAGES),
+                            per_stage=('num_blocks', 'width_factor', 'num_se_blocks'),
+                            depths='num_blocks')
+        if any(not 0 <= se <= n for se, n in zip(arch['num_se_blocks'], arch['num_blocks'])):
+            raise ValueError(f'num_se_blocks {arch["num_se_blocks"]} must be within '
+                             f'0..num_blocks {arch["num_blocks"]} per stage')
         self.arch = arch
         self.out_channels = [int(base * f) for base, f in zip(_BASE_WIDTHS, arch['width_factor'])]
         block = dict(norm_layer=make_norm_layer(norm_cfg), act_layer=nn.ReLU, deploy=deploy)
@@ -82,30 +89,3 @@ class MobileOne(RepBackbone):
                 width = out_width
             self.stages.append(nn.Sequential(*blocks))
         self._freeze_stages()
-
-    @classmethod
-    def _resolve_arch(cls, arch: Union[str, dict]) -> dict:
-        if isinstance(arch, str):
-            check_choice('MobileOne arch', arch, list(cls.arch_settings))
-            return dict(cls.arch_settings[arch])
-        if not isinstance(arch, dict):
-            raise TypeError(f'arch must be a name or a dict, got {type(arch).__name__}')
-        known = {'num_blocks', 'width_factor', 'num_conv_branches', 'num_se_blocks'}
-        missing = {'num_blocks', 'width_factor'} - set(arch)
-        unknown = set(arch) - known
-        if missing or unknown:
-            raise ValueError(f'a custom MobileOne arch needs num_blocks and width_factor and may '
-                             f'have num_conv_branches and num_se_blocks; missing '
-                             f'{sorted(missing)}, unknown {sorted(unknown)}')
-        arch = dict(dict(num_conv_branches=1, num_se_blocks=(0,) * NUM_STAGES), **arch)
-        for key in ('num_blocks', 'width_factor', 'num_se_blocks'):
-            if len(arch[key]) != NUM_STAGES:
-                raise ValueError(f'arch {key} needs {NUM_STAGES} values, got {arch[key]}')
-        if min(arch['num_blocks']) < 1:
-            raise ValueError(f'every stage needs a block, got num_blocks={arch["num_blocks"]}')
-        bad_se = [(se, n) for se, n in zip(arch['num_se_blocks'], arch['num_blocks'])
-                  if not 0 <= se <= n]
-        if bad_se:
-            raise ValueError(f'num_se_blocks {arch["num_se_blocks"]} must be within 0..num_blocks '
-                             f'{arch["num_blocks"]} per stage')
-        return arch

@@ -7,7 +7,7 @@ from torch import nn
 
 from mmrep.blocks.base import ConvBN
 from mmrep.blocks.repvit import RepViTBlock, RepViTDownsample
-from mmrep.models.backbones.base import NUM_STAGES, RepBackbone, check_choice, make_norm_layer
+from mmrep.models.backbones.base import RepBackbone, make_norm_layer, resolve_arch
 
 
 def _arch(widths, depths, legacy=False) -> dict:
@@ -71,7 +71,8 @@ class RepViT(RepBackbone):
         super().__init__(out_indices=out_indices, frozen_stages=frozen_stages,
                          norm_eval=norm_eval, with_cp=with_cp, deploy=deploy,
                          init_cfg=init_cfg)
-        arch = self._resolve_arch(arch)
+        arch = resolve_arch('RepViT', arch, self.arch_settings, ('widths', 'depths'),
+                            dict(legacy=False), per_stage=('widths', 'depths'), depths='depths')
         self.arch = arch
         self.taps_after_pre_block = taps_after_pre_block
         self.out_channels = list(arch['widths'])
@@ -104,22 +105,3 @@ class RepViT(RepBackbone):
                     features[-1] = x  # the previous stage's tap moves past this pre-block
             features.append(x)
         return tuple(features[i] for i in self.out_indices)
-
-    @classmethod
-    def _resolve_arch(cls, arch: Union[str, dict]) -> dict:
-        if isinstance(arch, str):
-            check_choice('RepViT arch', arch, list(cls.arch_settings))
-            return dict(cls.arch_settings[arch])
-        if not isinstance(arch, dict):
-            raise TypeError(f'arch must be a name or a dict, got {type(arch).__name__}')
-        missing = {'widths', 'depths'} - set(arch)
-        unknown = set(arch) - {'widths', 'depths', 'legacy'}
-        if missing or unknown:
-            raise ValueError(f'a custom RepViT arch needs widths and depths and may have legacy; '
-                             f'missing {sorted(missing)}, unknown {sorted(unknown)}')
-        for key in ('widths', 'depths'):
-            if len(arch[key]) != NUM_STAGES:
-                raise ValueError(f'arch {key} needs {NUM_STAGES} values, got {arch[key]}')
-        if min(arch['depths']) < 1:
-            raise ValueError(f'every stage needs a block, got depths={arch["depths"]}')
-        return dict(dict(legacy=False), **arch)
