@@ -20,6 +20,8 @@ conversion must fit:
 """
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import os
 import re
 
@@ -38,6 +40,14 @@ DET_CONFIG = os.path.join(REPO_ROOT, 'configs', 'mask-rcnn_repvit-m1.1_fpn_1x_co
 SEG_CONFIG = os.path.join(REPO_ROOT, 'configs', 'fpn_repvit-m1.1_ade20k-512x512_40k.py')
 COCO_CLASSES = [f'class_{i}' for i in range(80)]  # names as mmdet 2.x saves them in meta
 ADE_CLASSES = [f'ade_{i}' for i in range(150)]
+
+
+def load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(REPO_ROOT, 'tools', f'{name}.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
 
 
 def random_tensors(shapes: dict, seed: int) -> dict:
@@ -179,6 +189,18 @@ def test_mmdet2_mask_rcnn_repvit_loads_strictly_into_the_mmdet3_config(tmp_path,
         assert max_rel_diff(feats, fused_feats) < 1e-4
         assert max_rel_diff(model.rpn_head(feats), fused_model.rpn_head(fused_feats)) < 1e-4
 
+    # the stock offline fusion: a fused checkpoint and a deploy=True config that loads it
+    reparameterize = load_tool('reparameterize')
+    reparameterize.main(argparse.Namespace(config=DET_CONFIG, checkpoint=str(tmp_path / 'out.pth'),
+                                           out_dir=str(tmp_path / 'fused'), force=False,
+                                           verify=True, cfg_options=None))
+    fused_cfg = str(tmp_path / 'fused' / 'mask-rcnn_repvit-m1.1_fpn_1x_coco_fused.py')
+    deployed = init_detector(fused_cfg, str(tmp_path / 'fused' / 'out_fused.pth'), device='cpu')
+    assert deployed.backbone.deploy and count_bn(deployed.backbone) == 0
+    assert list(deployed.dataset_meta['classes']) == COCO_CLASSES
+    with torch.no_grad():
+        assert max_rel_diff(feats, deployed.extract_feat(x)) < 1e-4
+
 
 def test_mmseg0_semantic_fpn_repvit_loads_strictly_into_the_mmseg1_config(tmp_path, timm_m1_1):
     from mmseg.apis import init_model
@@ -238,18 +260,21 @@ def test_whole_model_checkpoint_of_another_model_is_refused_naming_keys(tmp_path
 
 
 def test_convert_whole_model_cli(tmp_path, timm_m1_1, capsys):
-    import importlib.util
     _, backbone = timm_m1_1
     mmdet2_checkpoint(tmp_path / 'coco.pth', backbone)
-    spec = importlib.util.spec_from_file_location(
-        'convert_whole_model', os.path.join(REPO_ROOT, 'tools', 'convert_whole_model.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool('convert_whole_model')
     assert tool.main([str(tmp_path / 'coco.pth'), str(tmp_path / 'out.pth'), DET_CONFIG]) == 0
     out = capsys.readouterr().out
     assert re.search(r'renamed \d+ backbone tensors', out) and 'load_from' in out
     assert tool.main([str(tmp_path / 'coco.pth'), str(tmp_path / 'seg.pth'), SEG_CONFIG]) == 1
     assert 'decode_head.conv_seg' in capsys.readouterr().err
+    # the COCO backbone initializes another detector's RepViT (strictly, prefix 'backbone')
+    from mmrep.models.backbones.repvit import RepViT
+    backbone_only = RepViT('m1.1', init_cfg=dict(type='Pretrained', prefix='backbone',
+                                                 checkpoint=str(tmp_path / 'out.pth')))
+    backbone_only.init_weights()
+    converted = torch.load(tmp_path / 'out.pth', weights_only=True)['state_dict']
+    assert torch.equal(backbone_only.stem[0].conv.weight, converted['backbone.stem.0.conv.weight'])
 
 
 def test_repvit_configs_follow_the_official_recipes():

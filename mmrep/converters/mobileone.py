@@ -39,6 +39,8 @@ FAMILY = 'mobileone'
 SOURCES = ('official', 'timm', 'mmpretrain')
 ARCHS = {f'mobileone-{name}': dict(type='MobileOne', arch=name)
          for name in MobileOne.arch_settings}
+# timm model names (``mobileone_s0.apple_in1k``) -> ARCHS names
+TIMM_MODELS = {f'mobileone_{name}': f'mobileone-{name}' for name in MobileOne.arch_settings}
 
 # Per source: stem prefix, stage prefix (format with the stage number from
 # 'first_stage'), block part renames (applied in passes: a key gets at most one

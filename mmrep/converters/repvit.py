@@ -50,6 +50,9 @@ from mmrep.models.backbones.repvit import RepViT
 FAMILY = 'repvit'
 SOURCES = ('official', 'timm')
 ARCHS = {f'repvit-{name}': dict(type='RepViT', arch=name) for name in RepViT.arch_settings}
+# timm model names (``repvit_m1_1.dist_300e_in1k``) -> ARCHS names
+TIMM_MODELS = {f'repvit_{name.replace(".", "_")}': f'repvit-{name}'
+               for name in RepViT.arch_settings}
 HEADS = {'official': ('classifier.',), 'timm': ('head.',)}
 
 # Module kinds and, per kind, how the leaves of a source module become mmrep's:
