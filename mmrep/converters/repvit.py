@@ -118,14 +118,14 @@ def module_map(source: str, depths, legacy: bool = False) -> ModuleMap:
                 feature += 2
             else:
                 modules += block(f'stages.{i}.downsample.pre_block.', f'stages.{i}.0.',
-                                  _TIMM_BLOCK)
+                                 _TIMM_BLOCK)
                 modules += _downsample(f'stages.{i}.downsample.', f'stages.{i}.1.',
                                        _TIMM_DOWNSAMPLE)
         first = 2 if i > 0 else 0
         for j in range(depth):
             src = f'features.{feature}.' if official else f'stages.{i}.blocks.{j}.'
             modules += block(src, f'stages.{i}.{first + j}.',
-                              _OFFICIAL_BLOCK if official else _TIMM_BLOCK)
+                             _OFFICIAL_BLOCK if official else _TIMM_BLOCK)
             feature += 1
     return modules
 
@@ -200,7 +200,7 @@ def convert(state: Dict[str, Tensor], source: str, arch: Optional[str]) -> Conve
                            r'(^features\.0\.0|^stem\.conv1)\.bn\.', f'{source} RepViT')
     depths, legacy = structure(state, source)
     if arch is not None:
-        _check_structure(state, arch, depths, legacy, deploy)
+        _check_structure(state, arch, source, depths, legacy, deploy)
     modules = {src: (dst, kind) for src, dst, kind in module_map(source, depths, legacy)}
     converted, unknown = {}, []
     for key, value in state.items():
@@ -215,15 +215,25 @@ def convert(state: Dict[str, Tensor], source: str, arch: Optional[str]) -> Conve
     return Conversion(converted, dropped, deploy)
 
 
-def _check_structure(state: Dict[str, Tensor], arch: str, depths, legacy: bool,
+def _last_block_prefix(depths, stage: int, source: str) -> str:
+    """The key prefix of the last block of ``stage`` (official: before the next pre-block)."""
+    if source == 'timm':
+        return f'stages.{stage}.blocks.{depths[stage] - 1}.'
+    # features: 0 the stem, then per stage (pre-block and stride-2 block from stage 1) its blocks
+    return f'features.{sum(depths[:stage + 1]) + 2 * stage}.'
+
+
+def _check_structure(state: Dict[str, Tensor], arch: str, source: str, depths, legacy: bool,
                      deploy: bool) -> None:
     settings = RepViT.arch_settings[arch[len('repvit-'):]]
     if tuple(depths) != tuple(settings['depths']):
         stage = next(i for i, (a, b) in enumerate(zip(depths, settings['depths'])) if a != b)
+        last = _last_block_prefix(depths, stage, source)
         raise ConversionError(
             f'the checkpoint has {list(depths)} blocks per stage, --arch {arch} has '
-            f'{list(settings["depths"])} (stage {stage}): it is of another arch or depth '
-            f'(first keys: {first_keys(state)})')
+            f'{list(settings["depths"])}: its stage {stage} ends with the block '
+            f'{last} ({first_keys([k for k in state if k.startswith(last)], 2)}); it is of '
+            'another arch or depth')
     if deploy:  # fused, both token mixers are one depthwise conv
         return
     if legacy and not settings['legacy']:
