@@ -5,7 +5,8 @@ registers the backbones, the neck and ``RepDeployHook`` with mmdet and mmseg.
 """
 from .reparam import count_unfused, reparameterize_model
 from .version import __version__
-from . import compat  # noqa: F401  (mmengine checkpoints under torch>=2.6)
+from . import compat  # noqa: F401  (version differences)
+from . import checkpoint  # noqa: F401  (every mmengine checkpoint scheme loads safely)
 from . import config_scope  # noqa: F401  (_base_ = 'mmrep::configs/...')
 from .config_scope import config_path
 from . import registry  # noqa: F401,E402

@@ -26,6 +26,7 @@ from timm.utils.model import reparameterize_model as timm_reparameterize
 from torch import nn
 
 import mmrep  # noqa: F401
+from mmrep.checkpoint import UntrustedCheckpointError
 from mmrep.converters import (FAMILY_MODULES, ConversionError, convert_checkpoint, find_family,
                               load_source)
 from mmrep.converters import repghostnet as repghost_converter
@@ -408,12 +409,21 @@ def test_unwrap_checkpoint_wrappers():
     assert list(state) == ['e']
     state, _, _ = unwrap_checkpoint({'model': {'a': w}, 'model_ema': {'e': w}}, ema=True)
     assert list(state) == ['e']
-    # mmengine's EMAHook: the averaged model's keys under 'module.', and its step counter
-    state, dropped, _ = unwrap_checkpoint(
-        {'state_dict': {'backbone.a': w}, 'ema_state_dict': {'steps': w, 'module.backbone.e': w,
-                                                             'module.head.fc.weight': w}},
-        ema=True)
-    assert list(state) == ['e'] and dropped == ['steps', 'head.fc.weight']
+    # official RepVGG main.py: 'model' and 'ema'
+    state, _, notes = unwrap_checkpoint({'model': {'a': w}, 'ema': {'e': w}, 'epoch': 3}, ema=True)
+    assert list(state) == ['e']
+    state, _, notes = unwrap_checkpoint({'model': {'a': w}, 'ema': {'e': w}, 'epoch': 3})
+    assert list(state) == ['a'] and any("'ema'" in n and '--ema' in n for n in notes)
+    # mmengine's EMAHook swaps the sets before saving: 'state_dict' holds the EMA weights,
+    # 'ema_state_dict' (the averaged model: 'module.' keys and its step counter) the raw ones
+    mmengine_ema = {'state_dict': {'backbone.e': w, 'head.fc.weight': w},
+                    'ema_state_dict': {'steps': w, 'module.backbone.a': w,
+                                       'module.head.fc.weight': w}}
+    state, dropped, notes = unwrap_checkpoint(mmengine_ema, ema=True)
+    assert list(state) == ['e'] and dropped == ['head.fc.weight']
+    state, dropped, notes = unwrap_checkpoint(mmengine_ema)
+    assert list(state) == ['a'] and dropped == ['steps', 'head.fc.weight']
+    assert any('raw' in n and '--ema' in n for n in notes)
     with pytest.raises(ConversionError, match='no EMA weights'):
         unwrap_checkpoint({'state_dict': {'a': w}}, ema=True)
 
@@ -550,11 +560,15 @@ def test_never_overwrites_without_force(a0_state, tmp_path, capsys):
 
 def test_refuses_pickled_objects_unless_trusted(a0_state, tmp_path):
     torch.save({'state_dict': a0_state, 'hook': nn.ReLU()}, tmp_path / 'src.pth')
-    with pytest.raises(ConversionError, match=r'Python objects besides tensors \(torch.nn.modules'
-                                              r'.activation.ReLU\).*--unsafe-load'):
+    with pytest.raises(UntrustedCheckpointError,
+                       match=r'refuses: torch.nn.modules.activation.ReLU\b'):
         load_source(str(tmp_path / 'src.pth'))
     convert_checkpoint(str(tmp_path / 'src.pth'), str(tmp_path / 'out.pth'), 'timm', 'repvgg-a0',
                        unsafe=True)
+    out = tmp_path / 'cli.pth'
+    assert cli_main([str(tmp_path / 'src.pth'), str(out), '--from', 'timm',
+                     '--arch', 'repvgg-a0']) == 1
+    assert not out.exists()
 
 
 # ---------------------------------------------------------------- strict Pretrained loading

@@ -13,6 +13,7 @@ import argparse
 import sys
 
 import mmrep  # noqa: F401
+from mmrep.checkpoint import NotACheckpointError, UntrustedCheckpointError
 from mmrep.converters import ConversionError, convert_checkpoint
 
 
@@ -29,11 +30,13 @@ def parse_args(argv=None):
                         help='e.g. repvgg-a0, repvgg-b1g4, repghostnet-1.0x, orepa-resnet50, '
                              'replknet-31b, mobileone-s0, repvit-m1.1')
     parser.add_argument('--ema', action='store_true',
-                        help="convert the EMA weights ('state_dict_ema') of SRC")
+                        help='convert the EMA weights of SRC (timm: state_dict_ema; official '
+                             "RepVGG: ema; mmengine EMAHook: state_dict) instead of the raw ones")
     parser.add_argument('--force', action='store_true', help='overwrite OUT if it exists')
     parser.add_argument('--unsafe-load', action='store_true',
-                        help='unpickle SRC fully (needed when it stores Python objects '
-                             'besides tensors); only for files you trust')
+                        help='unpickle SRC fully (needed when it stores Python objects other '
+                             'than tensors, numpy values and mmengine/timm training state); '
+                             'only for files you trust')
     return parser.parse_args(argv)
 
 
@@ -49,7 +52,10 @@ def main(argv=None) -> int:
     try:
         report = convert_checkpoint(args.src, args.out, args.source, args.arch, ema=args.ema,
                                     force=args.force, unsafe=args.unsafe_load)
-    except (ConversionError, FileExistsError, FileNotFoundError) as error:
+    except UntrustedCheckpointError as error:
+        print(f'convert_weights: {error} With this tool: pass --unsafe-load.', file=sys.stderr)
+        return 1
+    except (ConversionError, NotACheckpointError, FileExistsError, FileNotFoundError) as error:
         print(f'convert_weights: {error}', file=sys.stderr)
         return 1
     print(f'wrote {args.out}; use it as\n  backbone={config_text(report["backbone"])}')

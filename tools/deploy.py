@@ -80,9 +80,11 @@ if __name__ == '__main__':
     try:
         main()
     except Exception as exc:  # a clear reason and a non-zero exit for our own checks
+        from mmrep.checkpoint import NotACheckpointError, UntrustedCheckpointError
         from mmrep.deploy import ExportCheckError
         from mmrep.deploy.quantize import Int8InputError
         from mmrep.engine.deploy_utils import CheckpointMismatchError
-        if not isinstance(exc, (ExportCheckError, CheckpointMismatchError, Int8InputError)):
+        if not isinstance(exc, (ExportCheckError, CheckpointMismatchError, Int8InputError,
+                                NotACheckpointError, UntrustedCheckpointError)):
             raise
         sys.exit(f'{type(exc).__name__}: {exc}')

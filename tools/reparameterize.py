@@ -13,7 +13,8 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import init_default_scope
 from mmengine.registry import MODELS
 
-from mmrep.engine.deploy_utils import load_checked, save_fused
+from mmrep.checkpoint import NotACheckpointError, UntrustedCheckpointError
+from mmrep.engine.deploy_utils import CheckpointMismatchError, load_checked, save_fused
 
 
 def parse_args():
@@ -47,7 +48,10 @@ def main(argv=None):
         if osp.exists(out) and not args.force:
             raise SystemExit(f'{out} exists; pass --force to overwrite it')
     model = build_model(cfg)
-    source = load_checked(model, args.checkpoint)
+    try:
+        source = load_checked(model, args.checkpoint)
+    except (CheckpointMismatchError, NotACheckpointError, UntrustedCheckpointError) as err:
+        raise SystemExit(f'tools/reparameterize.py: {err}')
     model.eval()
     os.makedirs(args.out_dir, exist_ok=True)
     save_fused(model, cfg, ckpt_out, cfg_out, meta=dict(source_checkpoint=args.checkpoint),

@@ -11,17 +11,15 @@ name -> mmrep backbone config) and ``convert(state, source, arch) -> Conversion`
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
 import os.path as osp
-import pickle
-import re
 from types import ModuleType
 
 import torch
 from mmengine.logging import print_log
 
+from mmrep.checkpoint import load_checkpoint_file
 from mmrep.converters.common import (Conversion, ConversionError, check_against_backbone,
                                      unwrap_checkpoint)
 from mmrep.version import __version__
@@ -75,25 +73,16 @@ def find_family(arch: str) -> ModuleType:
 def load_source(path: str, unsafe: bool = False):
     """Load a checkpoint file (``.pth`` / ``.pth.tar`` / ``.bin`` or ``.safetensors``).
 
-    Tensors only, plus the ``argparse.Namespace`` of timm's training
-    checkpoints (``args``), unless ``unsafe``: full unpickling, for trusted files only.
+    Through mmrep's one safe loader (:func:`mmrep.checkpoint.load_checkpoint_file`):
+    tensors, numeric numpy values, mmengine's and timm's training-checkpoint
+    types; with ``unsafe`` full unpickling, for trusted files only. Raises
+    :class:`~mmrep.checkpoint.NotACheckpointError` for a file that is not a
+    PyTorch checkpoint and :class:`~mmrep.checkpoint.UntrustedCheckpointError`
+    for one that holds other objects.
     """
     if not osp.isfile(path):
         raise FileNotFoundError(f'{path} does not exist')
-    if path.endswith('.safetensors'):  # timm's weights on the Hugging Face hub
-        from safetensors.torch import load_file
-        return load_file(path, device='cpu')
-    if unsafe:
-        return torch.load(path, map_location='cpu', weights_only=False)
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as error:  # what the weights-only unpickler refuses
-        found = re.search(r'GLOBAL (\S+)', str(error))
-        raise ConversionError(
-            f'{path} holds Python objects besides tensors ({found.group(1) if found else "?"}), '
-            'which are not loaded by default. If you trust the file, pass --unsafe-load '
-            '(unsafe=True) to unpickle it fully.') from error
+    return load_checkpoint_file(path, map_location='cpu', trusted=True if unsafe else None)
 
 
 def _compact(tensor: torch.Tensor) -> torch.Tensor:

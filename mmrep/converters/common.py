@@ -15,16 +15,9 @@ from torch import Tensor, nn
 
 from mmrep import fusion
 from mmrep.models.pretrained import compare_state_dict
+from mmrep.models.unwrap import CheckpointLayoutError, unwrap_state_dict
 
 StateDict = Dict[str, Tensor]
-
-# Checkpoint wrappers, in the order they are looked for: mmengine / timm /
-# mmpretrain save 'state_dict', the official RepLKNet and DeiT-style scripts 'model'.
-WRAPPERS = ('state_dict', 'model')
-# timm, DeiT-style scripts, and mmengine's EMAHook (its averaged model: 'module.' keys and 'steps')
-EMA_WRAPPERS = ('state_dict_ema', 'model_ema', 'ema_state_dict')
-EMA_COUNTERS = ('steps',)
-
 
 class ConversionError(ValueError):
     """A checkpoint that cannot become the requested mmrep backbone; the message names the keys."""
@@ -41,55 +34,19 @@ def first_keys(keys: Iterable[str], limit: int = 5) -> str:
     return ', '.join(keys[:limit]) + (', ...' if len(keys) > limit else '')
 
 
-def _strip_prefix(state: Mapping[str, Tensor], prefix: str) -> Tuple[StateDict, List[str]]:
-    """Keys under ``prefix`` without it, and the keys that are not under it."""
-    inner = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    return inner, [k for k in state if not k.startswith(prefix)]
+def unwrap_checkpoint(checkpoint, ema: bool = False) -> Tuple[StateDict, List[str], List[str]]:
+    """The backbone weights of a loaded checkpoint (:func:`mmrep.models.unwrap.unwrap_state_dict`).
 
-
-def unwrap_checkpoint(checkpoint, ema: bool = False,
-                      whole_model: bool = False) -> Tuple[StateDict, List[str], List[str]]:
-    """The weights of a loaded checkpoint file, without its wrappers.
-
-    Picks ``state_dict_ema`` (``ema=True``; also ``model_ema`` and mmengine's
-    ``ema_state_dict``), else ``state_dict`` or ``model``, else the dict itself; strips a DDP
-    ``module.`` prefix; and from a whole-model checkpoint with ``backbone.``
-    keys (mmpretrain, mmdet) keeps the backbone, dropping heads and necks,
-    unless ``whole_model``.
-
-    Returns ``(state, dropped, notes)``: the weights, the keys left out, and
-    remarks for the report.
+    The raw training weights, or with ``ema`` the EMA weights, wherever the
+    saving script put them; from a whole-model checkpoint (``backbone.``
+    keys: mmpretrain, mmdet) the backbone only. Returns ``(state, dropped,
+    notes)``: the weights, the keys left out, and remarks for the report.
     """
-    if not isinstance(checkpoint, Mapping):
-        raise ConversionError(f'the checkpoint holds a {type(checkpoint).__name__}, not a dict '
-                              'of weights')
-    notes = []
-    wrappers = EMA_WRAPPERS if ema else WRAPPERS
-    found = [w for w in wrappers if isinstance(checkpoint.get(w), Mapping)]
-    if ema and not found:
-        raise ConversionError(f'--ema: the checkpoint has no EMA weights '
-                              f'({" or ".join(EMA_WRAPPERS)}); its top-level keys are '
-                              f'{first_keys(checkpoint, 10)}')
-    if found:
-        state = dict(checkpoint[found[0]])
-        notes.append(f'weights taken from {found[0]!r}')
-        if not ema and any(isinstance(checkpoint.get(w), Mapping) for w in EMA_WRAPPERS):
-            notes.append('the checkpoint also holds EMA weights: pass --ema to convert those')
-    else:
-        state = dict(checkpoint)
-    dropped = [k for k, v in state.items()
-               if not isinstance(v, Tensor) or (ema and k in EMA_COUNTERS)]
-    state = {k: v for k, v in state.items() if k not in dropped}
-    if state and all(k.startswith('module.') for k in state):
-        state, _ = _strip_prefix(state, 'module.')
-        notes.append("stripped the DDP prefix 'module.'")
-    if not whole_model and any(k.startswith('backbone.') for k in state):
-        state, others = _strip_prefix(state, 'backbone.')
-        dropped += others
-        notes.append("kept the 'backbone.' weights of a whole-model checkpoint")
-    if not state:
-        raise ConversionError('the checkpoint holds no tensors')
-    return state, dropped, notes
+    try:
+        return tuple(unwrap_state_dict(checkpoint, 'ema' if ema else 'raw', prefix='backbone',
+                                       prefix_required=False))
+    except CheckpointLayoutError as err:
+        raise ConversionError(f'{"--ema: " if ema else ""}{err}') from None
 
 
 def drop_by_prefix(state: Mapping[str, Tensor],

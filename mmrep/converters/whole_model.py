@@ -33,8 +33,9 @@ from torch import nn
 
 from mmrep.converters import (FAMILY_MODULES, _family_module, check_output_path, load_source,
                               write_checkpoint)
-from mmrep.converters.common import ConversionError, first_keys, unwrap_checkpoint
+from mmrep.converters.common import ConversionError, first_keys
 from mmrep.models.pretrained import compare_state_dict
+from mmrep.models.unwrap import CheckpointLayoutError, unwrap_state_dict
 from mmrep.version import __version__
 
 __all__ = ['convert_whole_model', 'family_of_backbone', 'build_meta_model']
@@ -91,7 +92,10 @@ def convert_whole_model(src: str, out: str, config: str, source: str = 'official
 
     checkpoint = load_source(src, unsafe)
     source_meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
-    state, dropped, notes = unwrap_checkpoint(checkpoint, whole_model=True)
+    try:
+        state, dropped, notes = unwrap_state_dict(checkpoint, 'raw')
+    except CheckpointLayoutError as err:
+        raise ConversionError(str(err)) from None
     backbone = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
     if not backbone:
         raise ConversionError(f'{src} has no backbone.* weights (first keys: {first_keys(state)}): '

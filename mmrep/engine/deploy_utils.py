@@ -14,7 +14,9 @@ from mmengine.config import Config
 from mmengine.runner.checkpoint import _load_checkpoint
 from torch import nn
 
+from mmrep.checkpoint import load_checkpoint_file
 from mmrep.models.pretrained import compare_state_dict
+from mmrep.models.unwrap import CheckpointLayoutError, unwrap_state_dict
 from mmrep.reparam import fused_eval_copy, unwrap_model
 from mmrep.version import __version__
 
@@ -27,12 +29,6 @@ class CheckpointMismatchError(RuntimeError):
     """The checkpoint does not belong to the model built from the config."""
 
 
-def _strip_prefix(state: dict) -> dict:
-    if state and all(k.startswith('module.') for k in state):
-        return {k[len('module.'):]: v for k, v in state.items()}
-    return state
-
-
 def load_checked(model: nn.Module, checkpoint: str) -> dict:
     """Load ``checkpoint`` into ``model`` strictly, or explain why it does not fit.
 
@@ -40,7 +36,10 @@ def load_checked(model: nn.Module, checkpoint: str) -> dict:
     config instead) from one of another model. Returns the checkpoint dict.
     """
     ckpt = _load_checkpoint(checkpoint, map_location='cpu')
-    state = _strip_prefix(ckpt.get('state_dict', ckpt))
+    try:
+        state = unwrap_state_dict(ckpt, 'saved').state
+    except CheckpointLayoutError as err:
+        raise CheckpointMismatchError(f'{checkpoint}: {err}') from None
     model = unwrap_model(model)
     expected = {k: v.shape for k, v in model.state_dict().items()}
     mismatch = compare_state_dict(expected, state, optional_suffixes=())  # strict: every key
@@ -59,22 +58,35 @@ def load_checked(model: nn.Module, checkpoint: str) -> dict:
     return ckpt
 
 
-def resolve_model_type(model_type):
-    """The class a config ``type`` names (``'RepVGG'``, ``'mmdet.RepVGG'`` or a class), or None.
-
-    Looked up in mmdet's and mmseg's model registries, where mmrep registers its models.
-    """
-    if isinstance(model_type, type):
-        return model_type
-    if not isinstance(model_type, str):
+def resolve_type(config_type, registries):
+    """The class a config ``type`` names (``'Name'``, ``'mmdet.Name'`` or a class), or None."""
+    if isinstance(config_type, type):
+        return config_type
+    if not isinstance(config_type, str):
         return None
-    from mmdet.registry import MODELS as MMDET_MODELS
-    from mmseg.registry import MODELS as MMSEG_MODELS
-    for registry in (MMDET_MODELS, MMSEG_MODELS):
-        cls = registry.get(model_type)
+    for registry in registries:
+        cls = registry.get(config_type)
         if cls is not None:
             return cls
     return None
+
+
+def resolve_model_type(model_type):
+    """The model class a config ``type`` names, or None.
+
+    Looked up in mmdet's and mmseg's model registries, where mmrep registers its models.
+    """
+    from mmdet.registry import MODELS as MMDET_MODELS
+    from mmseg.registry import MODELS as MMSEG_MODELS
+    return resolve_type(model_type, (MMDET_MODELS, MMSEG_MODELS))
+
+
+def resolve_hook_type(hook_type):
+    """The hook class a config ``type`` names, or None (mmengine's, mmdet's, mmseg's registries)."""
+    from mmdet.registry import HOOKS as MMDET_HOOKS
+    from mmengine.registry import HOOKS as MMENGINE_HOOKS
+    from mmseg.registry import HOOKS as MMSEG_HOOKS
+    return resolve_type(hook_type, (MMENGINE_HOOKS, MMDET_HOOKS, MMSEG_HOOKS))
 
 
 def is_deployable(model_type) -> bool:
@@ -127,8 +139,15 @@ def fused_config(cfg: Config, checkpoint: Optional[str] = None) -> Config:
 
 
 def read_meta(checkpoint: str) -> dict:
-    """The ``meta`` dict of a checkpoint file (empty if it has none)."""
-    ckpt = _load_checkpoint(checkpoint, map_location='cpu')
+    """The ``meta`` dict of a checkpoint file (empty if it has none).
+
+    A local file is memory-mapped: its tensors (the weights, the optimizer
+    state) are never read into memory, only the pickle that describes them.
+    """
+    if os.path.isfile(checkpoint):
+        ckpt = load_checkpoint_file(checkpoint, map_location='cpu', mmap=True)
+    else:  # a URL or another mmengine scheme
+        ckpt = _load_checkpoint(checkpoint, map_location='cpu')
     return dict(ckpt.get('meta') or {}) if isinstance(ckpt, dict) else {}
 
 

@@ -10,7 +10,7 @@ import torch
 from mmengine.dist import master_only
 from mmengine.hooks import EMAHook, Hook
 
-from mmrep.engine.deploy_utils import fused_config, read_meta, save_fused
+from mmrep.engine.deploy_utils import fused_config, read_meta, resolve_hook_type, save_fused
 from mmrep.engine.fast_path import to_fast_path
 from mmrep.reparam import fused_eval_copy, reparameterize_model, unwrap_model
 
@@ -152,3 +152,12 @@ class RepDeployHook(Hook):
         runner.logger.info(f'RepDeployHook: wrote {ckpt_path} and {cfg_path}'
                            + ('' if source else ' (this run saved no checkpoint of its '
                               'final weights)'))
+
+
+def is_rep_deploy_hook(hook_cfg) -> bool:
+    """Does this ``custom_hooks`` entry build a RepDeployHook, however its type is spelled?
+
+    ``'RepDeployHook'``, ``'mmdet.RepDeployHook'``, the class itself, or a subclass.
+    """
+    cls = resolve_hook_type(hook_cfg.get('type')) if isinstance(hook_cfg, dict) else None
+    return isinstance(cls, type) and issubclass(cls, RepDeployHook)

@@ -20,6 +20,8 @@ from mmengine.model.weight_init import PretrainedInit, update_init_info
 from mmengine.runner.checkpoint import CheckpointLoader
 from torch import nn
 
+from mmrep.models.unwrap import CheckpointLayoutError, unwrap_state_dict
+
 #: Key suffixes a checkpoint may lack. A BatchNorm without its step counter loads
 #: fine (torch fills it in), and the counter does not change the eval-mode output.
 OPTIONAL_SUFFIXES = ('num_batches_tracked',)
@@ -80,30 +82,17 @@ def read_state_dict(checkpoint: str, prefix: Optional[str] = None,
                     map_location='cpu') -> Tuple[Dict[str, torch.Tensor], dict]:
     """The weights in ``checkpoint`` as mmengine's ``Pretrained`` would load them, and its meta.
 
-    Takes ``state_dict`` (or ``model``) if the file has it, strips a DDP
-    ``module.`` prefix, and with ``prefix`` (e.g. ``'backbone'``) keeps only
-    the keys under it, without it.
+    Unwrapped by :func:`~mmrep.models.unwrap.unwrap_state_dict`: ``state_dict``
+    (or ``model``), without a DDP ``module.`` prefix, and with ``prefix``
+    (e.g. ``'backbone'``) only the keys under it, without it.
     """
     ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location=map_location,
                                             logger='current')
-    if not isinstance(ckpt, Mapping):
-        raise PretrainedMismatchError(f'{checkpoint} holds a {type(ckpt).__name__}, not a '
-                                      'state dict')
+    try:
+        state = unwrap_state_dict(ckpt, 'saved', prefix).state
+    except CheckpointLayoutError as err:
+        raise PretrainedMismatchError(f'{checkpoint}: {err}') from None
     meta = ckpt.get('meta') if isinstance(ckpt.get('meta'), Mapping) else {}
-    for wrapper in ('state_dict', 'model'):
-        if isinstance(ckpt.get(wrapper), Mapping):
-            ckpt = ckpt[wrapper]
-            break
-    state = {k[len('module.'):] if k.startswith('module.') else k: v
-             for k, v in ckpt.items()}
-    if prefix:
-        prefix = prefix if prefix.endswith('.') else prefix + '.'
-        inner = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if not inner:
-            raise PretrainedMismatchError(
-                f'no key of {checkpoint} starts with prefix {prefix!r} '
-                f'(first keys: {", ".join(list(state)[:5])})')
-        state = inner
     return state, dict(meta)
 
 
