@@ -13,19 +13,48 @@ When a program first imports ``mmengine.config.utils``, the finder lets the
 normal import run, adds the same table entry as :mod:`mmrep.config_scope`,
 and removes itself. mmengine then imports ``mmrep`` when it resolves the first
 ``mmrep::`` base, which registers mmrep's models and hooks.
+
+The same moment silences one warning that mmengine's resolution of ``pkg::``
+bases causes (:func:`quiet_mmengine_pkg_resources`).
 """
 import sys
+import warnings
 
 CONFIG_UTILS = 'mmengine.config.utils'
-# keep equal to mmrep.config_scope.register_config_scope's entry
+# mmengine maps the scope to a name it finds with pkg_resources, else with
+# importlib. 'mmrep.config_scope' is no distribution, so importlib finds that
+# module and mmrep/ is the package path: right for editable installs too.
 SCOPE, SCOPE_MODULE = 'mmrep', 'mmrep.config_scope'
+
+PKG_RESOURCES_DEPRECATION = 'pkg_resources is deprecated as an API'
+# where the warning points: mmengine's import of pkg_resources, and importlib.reload
+MMENGINE_PKG_RESOURCES_CALLERS = (r'mmengine\.utils\.package_utils\Z', r'importlib\Z')
+
+
+def quiet_mmengine_pkg_resources() -> None:
+    """Ignore setuptools' ``pkg_resources is deprecated`` warning where mmengine raises it.
+
+    mmengine 0.10.7's ``is_installed`` imports ``pkg_resources`` and then
+    reloads it (``importlib.reload``) for every ``pkg::`` base it resolves:
+    ``mmrep::`` in a downstream config, ``mmdet::`` / ``mmseg::`` in mmrep's
+    own. setuptools >= 81 warns at each (re)import, three times in a typical
+    run, about code neither mmrep nor its users can change. Only this message,
+    and only when raised by mmengine's import (module
+    ``mmengine.utils.package_utils``) or by a reload (module ``importlib``):
+    a program's own ``import pkg_resources`` still warns.
+    """
+    for module in MMENGINE_PKG_RESOURCES_CALLERS:
+        warnings.filterwarnings('ignore', message=PKG_RESOURCES_DEPRECATION,
+                                category=UserWarning, module=module)
 
 
 def register(config_utils) -> None:
+    """Add the ``mmrep`` scope to mmengine's ``MODULE2PACKAGE`` table; quiet its pkg_resources use."""
     # a hook that runs in every program must not break an mmengine without the table
     table = getattr(config_utils, 'MODULE2PACKAGE', None)
     if isinstance(table, dict):
         table.setdefault(SCOPE, SCOPE_MODULE)
+    quiet_mmengine_pkg_resources()
 
 
 class _RegisterAfterExec:

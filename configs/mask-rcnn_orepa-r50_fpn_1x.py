@@ -17,7 +17,7 @@ model = dict(
         # No weights are downloaded. For ImageNet initialization convert the official
         # checkpoint with tools/convert_weights.py (see docs/en/user_guides/pretrained_weights.md),
         # then set init_cfg=dict(type='Pretrained', checkpoint='<converted>.pth').
-        init_cfg=None),
+    ),
     neck=dict(in_channels=[256, 512, 1024, 2048]))
 
 custom_hooks = [dict(type='RepDeployHook')]

@@ -13,6 +13,5 @@ model = dict(
         arch='s0',
         out_indices=(0, 1, 2, 3),
         norm_cfg=dict(type='BN', requires_grad=True),
-        norm_eval=False,
-        init_cfg=None),
+        norm_eval=False),
     neck=dict(in_channels=[48, 128, 256, 1024]))

@@ -16,9 +16,10 @@ model = dict(
         norm_eval=False,
         # No weights are downloaded. For ImageNet initialization convert the official
         # mobileone_s1_unfused.pth.tar (or timm's mobileone_s1.apple_in1k, mmpretrain's
-        # mobileone-s1_8xb32_in1k) with tools/convert_weights.py --arch mobileone-s1, then
-        # set init_cfg=dict(type='Pretrained', checkpoint='<converted>.pth').
-        init_cfg=None),
+        # mobileone-s1_8xb32_in1k) with tools/convert_weights.py --arch mobileone-s1 (see
+        # docs/en/user_guides/pretrained_weights.md), then set
+        # init_cfg=dict(type='Pretrained', checkpoint='<converted>.pth').
+    ),
     neck=dict(in_channels=[96, 192, 512, 1280]))
 
 custom_hooks = [dict(type='RepDeployHook')]

@@ -15,7 +15,7 @@ model = dict(
         # No weights are downloaded. For ImageNet initialization convert the official
         # checkpoint with tools/convert_weights.py (see docs/en/user_guides/pretrained_weights.md),
         # then set init_cfg=dict(type='Pretrained', checkpoint='<converted>.pth').
-        init_cfg=None),
+    ),
     # as mmdet's retinanet_r18_fpn_1x_coco.py: the C3-C5 levels of a basic-block ResNet
     neck=dict(in_channels=[64, 128, 256, 512]))
 

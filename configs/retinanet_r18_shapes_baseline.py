@@ -17,8 +17,7 @@ model = dict(
         frozen_stages=-1,
         norm_cfg=dict(type='BN', requires_grad=True),
         norm_eval=False,
-        style='pytorch',
-        init_cfg=None),
+        style='pytorch'),
     neck=dict(
         _delete_=True,
         type='FPN',

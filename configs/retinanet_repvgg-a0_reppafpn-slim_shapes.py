@@ -15,8 +15,7 @@ model = dict(
         arch='A0',
         out_indices=(0, 1, 2, 3),
         norm_cfg=dict(type='BN', requires_grad=True),
-        norm_eval=False,
-        init_cfg=None),
+        norm_eval=False),
     neck=dict(
         _delete_=True,
         type='RepPAFPN',

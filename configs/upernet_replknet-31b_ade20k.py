@@ -21,7 +21,7 @@ model = dict(
         # No weights are downloaded. For ImageNet initialization convert the official
         # checkpoint with tools/convert_weights.py (see docs/en/user_guides/pretrained_weights.md),
         # then set init_cfg=dict(type='Pretrained', checkpoint='<converted>.pth').
-        init_cfg=None),
+    ),
     decode_head=dict(in_channels=[128, 256, 512, 1024], num_classes=150),
     auxiliary_head=dict(in_channels=512, num_classes=150))
 

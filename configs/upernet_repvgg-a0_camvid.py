@@ -32,6 +32,8 @@ model = dict(
         ignore_index=void_label,
         norm_cfg=norm_cfg))
 
+# the data in mmseg's layout (configs/_base_/datasets/*.py there): each loader names its
+# data set in full, so a child config re-points them all with one override per loader
 dataset_type = 'BaseSegDataset'
 data_root = '../shared/data/camvid'
 metainfo = dict(
@@ -40,13 +42,6 @@ metainfo = dict(
     palette=[[128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128],
              [60, 40, 222], [128, 128, 0], [192, 128, 128], [64, 64, 128],
              [64, 0, 128], [64, 64, 0], [0, 128, 192]])
-camvid = dict(
-    type=dataset_type,
-    data_root=data_root,
-    metainfo=metainfo,
-    img_suffix='.png',
-    seg_map_suffix='.png',
-    ignore_index=void_label)
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -71,7 +66,12 @@ train_dataloader = dict(
     persistent_workers=True,
     sampler=dict(type='InfiniteSampler', shuffle=True),
     dataset=dict(
-        **camvid,
+        type=dataset_type,
+        data_root=data_root,
+        metainfo=metainfo,
+        img_suffix='.png',
+        seg_map_suffix='.png',
+        ignore_index=void_label,
         data_prefix=dict(img_path='train', seg_map_path='trainannot'),
         pipeline=train_pipeline))
 val_dataloader = dict(
@@ -80,7 +80,12 @@ val_dataloader = dict(
     persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(
-        **camvid,
+        type=dataset_type,
+        data_root=data_root,
+        metainfo=metainfo,
+        img_suffix='.png',
+        seg_map_suffix='.png',
+        ignore_index=void_label,
         data_prefix=dict(img_path='val', seg_map_path='valannot'),
         pipeline=test_pipeline))
 test_dataloader = dict(
@@ -89,7 +94,12 @@ test_dataloader = dict(
     persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(
-        **camvid,
+        type=dataset_type,
+        data_root=data_root,
+        metainfo=metainfo,
+        img_suffix='.png',
+        seg_map_suffix='.png',
+        ignore_index=void_label,
         data_prefix=dict(img_path='test', seg_map_path='testannot'),
         pipeline=test_pipeline))
 val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'], ignore_index=void_label)

@@ -10,20 +10,19 @@ mmengine takes the path as it is).
 Installed mmrep also adds the entry without ``import mmrep``, at the first
 import of ``mmengine.config.utils`` in any program (``_mmrep_startup_hook``,
 run by the ``mmrep-config-scope.pth`` file setup.py installs), so stock
-OpenMMLab tools read ``mmrep::`` bases. Both add the same entry.
+OpenMMLab tools read ``mmrep::`` bases. Both run the hook's ``register``.
 """
 import os.path as osp
 
+import _mmrep_startup_hook
 from mmengine.config import utils as config_utils
 
 CONFIG_ROOT = osp.join(osp.dirname(osp.abspath(__file__)), '.mim', 'configs', 'configs')
 
 
 def register_config_scope() -> None:
-    # mmengine maps the scope to a name it finds with pkg_resources, else with
-    # importlib. 'mmrep.config_scope' is no distribution, so importlib finds this
-    # file and mmrep/ is the package path: right for editable installs too.
-    config_utils.MODULE2PACKAGE.setdefault('mmrep', __name__)
+    """What the start-up hook does, for programs started without it (``python -S``, PYTHONPATH)."""
+    _mmrep_startup_hook.register(config_utils)
 
 
 def config_path(name: str) -> str:

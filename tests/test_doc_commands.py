@@ -34,6 +34,14 @@ RUN_BY = {
     r'pip install /path/to/mmrep$': [
         'tests/test_stock_tools.py::test_install_puts_the_start_up_hook_in_site_packages',
         'tests/test_stock_tools.py::test_stock_mmdet_tools_train_and_test_downstream_config'],
+    # docs/en/user_guides/own_project.md: the test reads these commands out of the page
+    r'(MMDET|MMSEG)_TOOLS=': [
+        'tests/test_stock_tools.py::test_stock_mmdet_tools_train_and_test_downstream_config',
+        'tests/test_stock_tools.py::test_stock_mmseg_tools_train_downstream_config'],
+    r'python \$MMDET_TOOLS/': [
+        'tests/test_stock_tools.py::test_stock_mmdet_tools_train_and_test_downstream_config'],
+    r'python \$MMSEG_TOOLS/': [
+        'tests/test_stock_tools.py::test_stock_mmseg_tools_train_downstream_config'],
     r'\.venv/bin/python tools/reparameterize\.py ': [
         'tests/test_detection_e2e.py::test_reparameterize_tool_round_trip_and_errors',
         'tests/test_openmmlab_glue.py::test_hook_and_reparameterize_tool_work_unchanged_on_other_families'],

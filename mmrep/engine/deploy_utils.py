@@ -5,8 +5,10 @@ Shared by :class:`RepDeployHook` and ``tools/reparameterize.py``.
 from __future__ import annotations
 
 import copy
+import glob
 import inspect
 import os
+import os.path as osp
 from typing import Optional
 
 import torch
@@ -17,7 +19,7 @@ from torch import nn
 from mmrep.checkpoint import load_checkpoint_file
 from mmrep.models.pretrained import compare_state_dict
 from mmrep.models.unwrap import CheckpointLayoutError, unwrap_state_dict
-from mmrep.reparam import fused_eval_copy, unwrap_model
+from mmrep.reparam import count_unfused, fused_eval_copy, unwrap_model
 from mmrep.version import __version__
 
 # the registered mmrep types that take ``deploy=True`` to build the fused network directly
@@ -27,6 +29,40 @@ DEPLOYABLE_TYPES = ('RepVGG', 'RepGhostNet', 'OREPAResNet', 'RepLKNet', 'MobileO
 
 class CheckpointMismatchError(RuntimeError):
     """The checkpoint does not belong to the model built from the config."""
+
+
+def fused_checkpoint_error(model: nn.Module, checkpoint: dict,
+                           name: str) -> Optional[CheckpointMismatchError]:
+    """The error for a fused checkpoint loaded into a model still in its training form, else None.
+
+    Fused means the checkpoint's meta says so (``fused=True``, written by
+    :func:`save_fused`) or its keys are exactly those of ``model`` fused, and
+    its keys are not the model's. A checkpoint of another head or model
+    (fine-tuning with ``load_from``) is no concern of this check.
+    """
+    model = unwrap_model(model)
+    try:
+        state = unwrap_state_dict(checkpoint, 'saved').state
+    except CheckpointLayoutError:
+        return None  # not a checkpoint of weights: whoever loads it says so
+    expected = set(model.state_dict())
+    if set(state) == expected or count_unfused(model) == 0:
+        return None
+    meta = checkpoint.get('meta') if isinstance(checkpoint.get('meta'), dict) else {}
+    if not meta.get('fused') and set(state) != set(fused_eval_copy(model).state_dict()):
+        return None
+    source = meta.get('source_checkpoint')
+    # save_fused writes <config>_fused.py beside the checkpoint
+    beside = sorted(glob.glob(osp.join(osp.dirname(name), '*_fused.py'))) \
+        if osp.isfile(name) else []
+    fused_cfg = (' (' + ', '.join(beside) + ')') if beside else ''
+    return CheckpointMismatchError(
+        f'{name} is already fused (re-parameterized), but the config builds the training '
+        f'form of the model ({count_unfused(model)} unfused mmrep blocks): its weights do not '
+        'fit, and fusing what loaded would test a half-random network. Use the fused config '
+        f'written next to the fused checkpoint{fused_cfg}, which builds the plain network '
+        "(deploy=True; its text is also in the checkpoint's meta['cfg'])"
+        + (f', or the unfused checkpoint it was made from, {source}' if source else '') + '.')
 
 
 def load_checked(model: nn.Module, checkpoint: str) -> dict:
@@ -44,11 +80,9 @@ def load_checked(model: nn.Module, checkpoint: str) -> dict:
     expected = {k: v.shape for k, v in model.state_dict().items()}
     mismatch = compare_state_dict(expected, state, optional_suffixes=())  # strict: every key
     if mismatch.missing or mismatch.unexpected:
-        fused_keys = set(fused_eval_copy(model).state_dict())
-        if set(state) == fused_keys and fused_keys != set(expected):
-            raise CheckpointMismatchError(
-                f'{checkpoint} is already fused (re-parameterized): it cannot be fused '
-                'again. Build the model with the fused config (deploy=True) to use it.')
+        fused_error = fused_checkpoint_error(model, ckpt, checkpoint)
+        if fused_error is not None:
+            raise fused_error
     if mismatch:
         raise CheckpointMismatchError(
             f'{checkpoint} does not match the model built from the config '

@@ -10,7 +10,8 @@ import torch
 from mmengine.dist import master_only
 from mmengine.hooks import EMAHook, Hook
 
-from mmrep.engine.deploy_utils import fused_config, read_meta, resolve_hook_type, save_fused
+from mmrep.engine.deploy_utils import (fused_checkpoint_error, fused_config, read_meta,
+                                       resolve_hook_type, save_fused)
 from mmrep.engine.fast_path import to_fast_path
 from mmrep.reparam import fused_eval_copy, reparameterize_model, unwrap_model
 
@@ -31,6 +32,11 @@ class RepDeployHook(Hook):
       ``iter_<N>_fused.pth``. Both files or neither are written, and a
       failure is logged, never raised: a finished training run does not end
       in a crash from this hook.
+
+    It also refuses a fused checkpoint loaded into the training form of the
+    model (``load_from``, ``--resume``, stock mmdet/mmseg ``tools/test.py``
+    with a training config): the keys do not fit, mmengine would only warn,
+    and the fused half-random model would be evaluated.
 
     Args:
         fuse_before_test: fuse in ``before_test``.
@@ -61,6 +67,13 @@ class RepDeployHook(Hook):
         """The weights a test would use: the EMA copy with an EMAHook (not swapped in here)."""
         ema = self._ema_hook(runner)
         return ema.ema_model.module if ema is not None else unwrap_model(runner.model)
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        # mmengine calls this before it loads the weights into the model
+        name = getattr(runner, '_load_from', None) or 'the checkpoint'
+        error = fused_checkpoint_error(runner.model, checkpoint, name)
+        if error is not None:
+            raise error
 
     def before_test(self, runner) -> None:
         if not self.fuse_before_test:

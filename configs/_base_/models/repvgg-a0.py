@@ -13,6 +13,6 @@ repvgg_a0_backbone = dict(
     # No weights are downloaded. For ImageNet initialization convert the official
     # checkpoint with tools/convert_weights.py (see docs/en/user_guides/pretrained_weights.md),
     # then set init_cfg=dict(type='Pretrained', checkpoint='<converted>.pth').
-    init_cfg=None)
+)
 # channels of the four stage outputs (strides 4/8/16/32)
 repvgg_a0_channels = [48, 96, 192, 1280]

@@ -14,8 +14,9 @@ repvit_m1_1_backbone = dict(
     norm_eval=True,
     # No weights are downloaded. For ImageNet initialization convert the official
     # repvit_m1_1_distill_300e.pth (or timm's repvit_m1_1.dist_300e_in1k) with
-    # tools/convert_weights.py --from official --arch repvit-m1.1, then set
+    # tools/convert_weights.py --from official --arch repvit-m1.1 (see
+    # docs/en/user_guides/pretrained_weights.md), then set
     # init_cfg=dict(type='Pretrained', checkpoint='<converted>.pth').
-    init_cfg=None)
+)
 # channels of the four stage outputs (strides 4/8/16/32)
 repvit_m1_1_channels = [64, 128, 256, 512]
