@@ -10,9 +10,12 @@ with open('mmrep/version.py') as f:
 # Runs _mmrep_startup_hook at every Python start, so stock OpenMMLab tools read
 # `_base_ = 'mmrep::configs/...'` without `import mmrep` (see that module).
 # The name sorts after setuptools' `__editable__.*.pth`, whose finder must be
-# in place before an editable install can import the hook.
+# in place before an editable install can import the hook. The line does nothing
+# when the hook cannot be found (an editable install whose checkout moved), instead
+# of making every Python start in the environment print a traceback.
 STARTUP_PTH = 'mmrep-config-scope.pth'
-STARTUP_LINE = 'import _mmrep_startup_hook; _mmrep_startup_hook.install()\n'
+STARTUP_LINE = ("import importlib.util; importlib.util.find_spec('_mmrep_startup_hook') "
+                "and __import__('_mmrep_startup_hook').install()\n")
 
 
 class BuildPyWithStartupHook(build_py):

@@ -403,14 +403,23 @@ class RestrictedUnpickler(pickle._Unpickler):
         except (KeyError, TypeError):
             raise UntrustedCheckpointError(f'{module}.{name}') from None
 
-    def _load_reduce(self):
-        args = self.stack.pop()
-        func = self.stack[-1]
+    def _check_call(self, func, args) -> None:
         if id(func) not in self.allowed.calls or type(args) is not tuple:
             raise UntrustedCheckpointError(f'calling {_describe(func)}')
         check = self.allowed.calls[id(func)]
         if check is not None:
             check(args)
+        if func is torch._tensor._rebuild_from_type_v2:
+            # (func, new_type, args, state): it calls func(*args), which obeys the same rules
+            if len(args) != 4 or not (isinstance(args[1], type)
+                                      and issubclass(args[1], torch.Tensor)):
+                raise UntrustedCheckpointError('_rebuild_from_type_v2 of a non-tensor type')
+            self._check_call(args[0], args[2])
+
+    def _load_reduce(self):
+        args = self.stack.pop()
+        func = self.stack[-1]
+        self._check_call(func, args)
         self.stack[-1] = func(*args)
 
     def _load_newobj(self):

@@ -31,3 +31,13 @@ def shared_data(name: str) -> str:
             pytest.fail(f'CI=true but the real data {path} is missing')
         pytest.skip(f'real data {path} is absent on this machine')
     return path
+
+
+def load_tool(name: str):
+    """A fresh module of ``tools/<name>.py``, to call its functions as the command line does."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f'mmrep_tool_{name}',
+                                                  os.path.join(REPO_ROOT, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

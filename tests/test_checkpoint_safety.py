@@ -226,6 +226,16 @@ REFUSED = {
                               'setting the state of a torch.Size'),
     'state of a function': (Reduce(getattr, (HistoryBuffer, 'min'), {'__code__': 1}),
                             'setting the state of mmengine'),
+    # torch's tensor-subclass rebuild calls its first argument: the same rules apply to it
+    'call through _rebuild_from_type_v2': (
+        Reduce(torch._tensor._rebuild_from_type_v2, (np.ndarray, torch.Tensor, ((2,), 'O'), {})),
+        'calling numpy.ndarray'),
+    'unchecked dtype through _rebuild_from_type_v2': (
+        Reduce(torch._tensor._rebuild_from_type_v2, (np.dtype, torch.Tensor, ('O8', False, True),
+                                                     {})), 'only numeric dtypes'),
+    '_rebuild_from_type_v2 of a non-tensor type': (
+        Reduce(torch._tensor._rebuild_from_type_v2, (torch.Size, HistoryBuffer, ((1,),), {})),
+        'non-tensor type'),
 }
 
 

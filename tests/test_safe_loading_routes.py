@@ -7,7 +7,6 @@ checkpoint: URLs and the schemes that resolve to them, ``init_cfg``,
 tools. Each is refused and the marker never appears.
 """
 import argparse
-import importlib.util
 import os
 import os.path as osp
 import subprocess
@@ -23,7 +22,7 @@ from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint
 from torch import nn
 
 import mmrep  # noqa: F401
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, load_tool
 from local_http import serve_directory
 from mmrep import checkpoint as safe
 from mmrep.checkpoint import TRUSTED_ENV, UntrustedCheckpointError
@@ -202,14 +201,6 @@ def test_resume_does_not_run_code_from_meta_config(shapes_run, tmp_path):
     assert osp.isfile(tmp_path / 'resumed' / 'iter_2.pth')  # and training went on
 
 
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(f'mmrep_tool_{name}',
-                                                  osp.join(REPO_ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture
 def demo_payload(tmp_path):
     """A payload with the demo detector's real weights (it would load, were it trusted)."""
@@ -226,11 +217,11 @@ def test_test_and_reparameterize_tools_refuse_a_payload(demo_payload, tmp_path, 
     monkeypatch.setattr(sys, 'argv', ['tools/test.py', DEMO_CONFIG, path,
                                       '--work-dir', str(tmp_path / 'test')])
     with pytest.raises(SystemExit, match='tools/test.py: .* holds objects .* refuses'):
-        _tool('test').main()
+        load_tool('test').main()
     args = argparse.Namespace(config=DEMO_CONFIG, checkpoint=path, out_dir=str(tmp_path / 'out'),
                               force=False, verify=False, cfg_options=None)
     with pytest.raises(SystemExit, match='tools/reparameterize.py: .* holds objects .* refuses'):
-        _tool('reparameterize').main(args)
+        load_tool('reparameterize').main(args)
     assert not marker.exists() and not (tmp_path / 'out').exists()
 
 
@@ -239,7 +230,7 @@ def test_deploy_tool_refuses_a_payload(demo_payload, tmp_path):
     path, marker = demo_payload
     deploy_cfg = osp.join(REPO_ROOT, 'configs', 'deploy', 'detection_onnxruntime_static.py')
     with pytest.raises(UntrustedCheckpointError):
-        _tool('deploy').main([deploy_cfg, DEMO_CONFIG, path, 'no_image_needed.jpg',
+        load_tool('deploy').main([deploy_cfg, DEMO_CONFIG, path, 'no_image_needed.jpg',
                               '--work-dir', str(tmp_path / 'deploy')])
     assert not marker.exists()
     assert not osp.exists(tmp_path / 'deploy' / 'fused.pth')

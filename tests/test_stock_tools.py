@@ -424,3 +424,18 @@ def test_pkg_resources_warning_filter_is_narrow(wheel_install, tmp_path):
     own = _run([wheel_install['python'], '-c', 'import mmengine.config; import pkg_resources'],
                cwd=str(tmp_path), env=_user_env())
     assert 'pkg_resources is deprecated' in own.stderr
+
+
+def test_moved_editable_checkout_leaves_python_starts_quiet(tmp_path):
+    """Item 17 of issue 16: after an editable install's checkout moved away, every Python
+    start in that environment printed 'Error processing line 1 of mmrep-config-scope.pth'
+    and a traceback. The line now does nothing when the hook cannot be found."""
+    install = _venv_with_mmrep(str(tmp_path / 'install'), editable=True)
+    probe = ['-c', 'import sys; print([type(f).__name__ for f in sys.meta_path '
+                   'if type(f).__name__ == "ConfigScopeFinder"])']
+    before = _run([install['python']] + probe, env=_user_env(), cwd=str(tmp_path))
+    assert before.stdout.strip() == "['ConfigScopeFinder']" and not before.stderr
+    shutil.move(install['package_root'], str(tmp_path / 'moved'))
+    after = _run([install['python']] + probe, env=_user_env(), cwd=str(tmp_path))
+    assert after.stdout.strip() == '[]'
+    assert after.stderr == '', after.stderr

@@ -1,22 +1,13 @@
 """tools/test.py's config: --no-fuse and --memory-format find RepDeployHook however it is spelled."""
-import importlib.util
 import os.path as osp
 
 import pytest
 
 import mmrep  # noqa: F401
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, load_tool
 from mmrep.engine.rep_deploy_hook import RepDeployHook
 
 CONFIG = osp.join(REPO_ROOT, 'configs', 'retinanet_repghost_shapes_demo.py')
-
-
-def load_test_tool():
-    spec = importlib.util.spec_from_file_location('mmrep_test_tool',
-                                                  osp.join(REPO_ROOT, 'tools', 'test.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class MyDeployHook(RepDeployHook):
@@ -28,7 +19,7 @@ class Built(Exception):
 
 
 def config_built_by_the_tool(argv, monkeypatch, cfg_hook=None):
-    tool = load_test_tool()
+    tool = load_tool('test')
     if cfg_hook is not None:
         load_config = tool.cli.load_config
         monkeypatch.setattr(tool.cli, 'load_config', lambda args: cfg_hook(load_config(args)))

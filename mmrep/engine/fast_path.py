@@ -13,14 +13,21 @@ the measurements per model (``fused`` vs ``fused_channels_last`` rows).
 The decision, in this order:
 
 1. an explicit ``memory_format`` (``'channels_last'`` or ``'contiguous'``) wins;
-2. with ``example`` inputs: a one-off measurement, the median of a few
-   forward passes in each layout; channels_last only when it is faster;
+2. with ``run`` (a representative forward pass): a one-off measurement, the
+   median of a few passes in each layout; channels_last only when it is
+   faster *and* gives the same outputs as NCHW;
 3. the rule: channels_last for a model on the CPU that has convolutions,
-   else the layout is left as it is (NCHW). On GPUs the rule changes nothing:
-   cuDNN's choice depends on precision and is not measured here.
+   else NCHW. A model on another device is left in the layout it has: cuDNN's
+   choice depends on precision and is not measured here.
 
-The layout changes only where tensors live in memory: outputs equal NCHW
-outputs up to float rounding (tests/test_fast_path.py checks this).
+The layout changes only where tensors live in memory, so outputs equal the
+NCHW outputs up to float rounding, for every model: mmcv's compiled ops
+(``RoIAlign``, ``DeformConv2d``, ``ModulatedDeformConv2d``, ... every module
+of ``mmcv.ops``) index their inputs and weights as NCHW memory, so their
+weights stay NCHW and a pre-hook hands them NCHW inputs; the rest of a
+two-stage detector (backbone, neck, heads' convs) runs channels_last.
+tests/test_fast_path.py checks the shipped Mask R-CNN configs and deformable
+convs.
 """
 from __future__ import annotations
 
@@ -43,11 +50,24 @@ def _to_format(value: Any, memory_format: torch.memory_format) -> Any:
     return value
 
 
-def _channels_last_inputs(module: nn.Module, args: tuple, kwargs: dict):
-    # Image batches reach a detector as ``inputs=`` and a backbone as its first argument.
-    fmt = torch.channels_last
-    return (tuple(_to_format(a, fmt) for a in args),
-            {k: _to_format(v, fmt) for k, v in kwargs.items()})
+def _inputs_in(memory_format: torch.memory_format) -> Callable:
+    """A forward pre-hook that puts a module's 4D float inputs in ``memory_format``."""
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict):
+        # Image batches reach a detector as ``inputs=`` and a backbone as its first argument.
+        return (tuple(_to_format(a, memory_format) for a in args),
+                {k: _to_format(v, memory_format) for k, v in kwargs.items()})
+
+    return hook
+
+
+_channels_last_inputs = _inputs_in(torch.channels_last)
+_contiguous_inputs = _inputs_in(torch.contiguous_format)
+
+
+def reads_nchw_memory(module: nn.Module) -> bool:
+    """Is ``module`` one of mmcv's compiled ops, which read tensors as NCHW memory?"""
+    return any(cls.__module__.startswith('mmcv.ops') for cls in type(module).__mro__)
 
 
 def _has_convs(model: nn.Module) -> bool:
@@ -59,47 +79,112 @@ def _on_cpu(model: nn.Module) -> bool:
     return param is None or param.device.type == 'cpu'
 
 
+def current_memory_format(model: nn.Module) -> str:
+    """``'channels_last'`` if the model's conv weights are channels_last, else ``'contiguous'``."""
+    return 'channels_last' if any(
+        isinstance(m, nn.Conv2d) and m.weight.dim() == 4 and not m.weight.is_contiguous()
+        and m.weight.is_contiguous(memory_format=torch.channels_last)
+        for m in unwrap_model(model).modules()) else 'contiguous'
+
+
 def rule_memory_format(model: nn.Module) -> str:
-    """The documented rule: ``'channels_last'`` on the CPU for a model with convs."""
+    """The documented rule: ``'channels_last'`` on the CPU for a model with convs.
+
+    A model on another device keeps its current layout.
+    """
     model = unwrap_model(model)
-    return 'channels_last' if _on_cpu(model) and _has_convs(model) else 'contiguous'
+    if not _on_cpu(model):
+        return current_memory_format(model)
+    return 'channels_last' if _has_convs(model) else 'contiguous'
 
 
 def apply_memory_format(model: nn.Module, memory_format: str) -> nn.Module:
     """Put ``model``'s weights (and, by a pre-hook, its 4D inputs) in ``memory_format``.
 
-    In place and repeatable: applying ``'contiguous'`` undoes ``'channels_last'``.
+    With ``'channels_last'``, modules that read NCHW memory
+    (:func:`reads_nchw_memory`) keep NCHW weights and get NCHW inputs. In
+    place and repeatable: applying ``'contiguous'`` undoes ``'channels_last'``.
     """
     if memory_format not in MEMORY_FORMATS:
         raise ValueError(f'memory_format must be one of {tuple(MEMORY_FORMATS)}, '
                          f'got {memory_format!r}')
     inner = unwrap_model(model)
     inner.to(memory_format=MEMORY_FORMATS[memory_format])
-    handle = getattr(inner, _HOOK_ATTR, None)
-    if handle is not None:
+    for handle in getattr(inner, _HOOK_ATTR, None) or ():
         handle.remove()
-        setattr(inner, _HOOK_ATTR, None)
+    handles = []
     if memory_format == 'channels_last':
-        setattr(inner, _HOOK_ATTR,
-                inner.register_forward_pre_hook(_channels_last_inputs, with_kwargs=True))
+        handles.append(inner.register_forward_pre_hook(_channels_last_inputs, with_kwargs=True))
+        for module in inner.modules():
+            if reads_nchw_memory(module):
+                module.to(memory_format=torch.contiguous_format)
+                handles.append(module.register_forward_pre_hook(_contiguous_inputs,
+                                                                with_kwargs=True))
+    setattr(inner, _HOOK_ATTR, handles)
     return model
+
+
+def _tensors(value) -> list:
+    """The tensors in a model's output: nested tuples, lists, dicts and mmengine data elements."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = [value[k] for k in sorted(value, key=str)]
+    elif hasattr(value, 'all_items'):  # DetDataSample, InstanceData, ...
+        value = [v for _, v in sorted(value.all_items(), key=lambda kv: kv[0])]
+    elif not isinstance(value, (list, tuple)):
+        return []
+    return [t for v in value for t in _tensors(v)]
+
+
+def outputs_agree(got, want, rtol: float = 1e-3) -> bool:
+    """Do two outputs of a model hold the same tensors, up to float rounding?
+
+    Float tensors within ``rtol`` of the largest value; others (labels,
+    binary masks) may differ in at most ``rtol`` of their elements.
+    """
+    got, want = _tensors(got), _tensors(want)
+    if len(got) != len(want) or any(g.shape != w.shape for g, w in zip(got, want)):
+        return False
+    for g, w in zip(got, want):
+        if g.numel() == 0:
+            continue
+        if w.is_floating_point():
+            scale = w.abs().max().clamp_min(1e-6)
+            if not torch.allclose(g.float(), w.float(), rtol=rtol, atol=rtol * float(scale)):
+                return False
+        elif (g != w).float().mean() > rtol:
+            return False
+    return True
 
 
 def measure_memory_format(model: nn.Module, run: Callable[[], Any], repeats: int = 3) -> dict:
     """Time ``run()`` (a forward pass of ``model``) in each layout; leaves ``model`` NCHW.
 
     Returns ``{'contiguous': ms, 'channels_last': ms}``; a layout whose
-    forward pass fails is left out.
+    forward pass fails, or whose outputs differ from NCHW's beyond float
+    rounding (:func:`outputs_agree`), is left out.
     """
-    timings = {}
+    timings, outputs = {}, {}
+
+    def recorded(name):
+        def call():
+            outputs[name] = run()
+            return outputs[name]
+        return call
+
     with torch.no_grad():
         for name in ('contiguous', 'channels_last'):
             apply_memory_format(model, name)
             try:
-                timings[name] = median_ms(run, repeats)
+                timings[name] = median_ms(recorded(name), repeats)
             except RuntimeError:  # e.g. a .view() on a channels_last tensor
                 pass
     apply_memory_format(model, 'contiguous')
+    if 'channels_last' in timings and not (
+            'contiguous' in outputs and outputs_agree(outputs['channels_last'],
+                                                      outputs['contiguous'])):
+        del timings['channels_last']  # an op that reads NCHW memory: never a wrong result
     return timings
 
 
@@ -126,6 +211,8 @@ def to_fast_path(model: nn.Module, memory_format: str = 'auto',
     if memory_format not in CHOICES:
         raise ValueError(f'memory_format must be one of {CHOICES}, got {memory_format!r}')
     if memory_format == 'auto':
+        if run is None and not _on_cpu(unwrap_model(model)):
+            return current_memory_format(model)  # the rule changes nothing off the CPU
         memory_format = choose_memory_format(model, run)
     apply_memory_format(model, memory_format)
     return memory_format
