@@ -21,14 +21,13 @@ conversion must fit:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import re
 
 import pytest
 import timm
 import torch
-from conftest import REPO_ROOT, shared_data
+from conftest import REPO_ROOT, load_tool, shared_data
 from fusion_check import count_bn, max_rel_diff, randomize_bn
 from official_layouts import official_repvit_state
 
@@ -40,14 +39,6 @@ DET_CONFIG = os.path.join(REPO_ROOT, 'configs', 'mask-rcnn_repvit-m1.1_fpn_1x_co
 SEG_CONFIG = os.path.join(REPO_ROOT, 'configs', 'fpn_repvit-m1.1_ade20k-512x512_40k.py')
 COCO_CLASSES = [f'class_{i}' for i in range(80)]  # names as mmdet 2.x saves them in meta
 ADE_CLASSES = [f'ade_{i}' for i in range(150)]
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(
-        name, os.path.join(REPO_ROOT, 'tools', f'{name}.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
 
 
 def random_tensors(shapes: dict, seed: int) -> dict:
