@@ -69,6 +69,8 @@ setup(
         'mmdet==3.3.0',
         'mmsegmentation==1.2.2',
         'pycocotools',
+        'huggingface_hub>=0.24',  # weights by name (timm://): its errors module, endpoint=
+        'safetensors',
         'ftfy',
         'regex',
     ],

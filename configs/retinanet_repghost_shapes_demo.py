@@ -10,6 +10,16 @@ image_scale = (192, 192)
 max_iters = 400
 
 model = dict(
+    # from scratch and offline: the backbone without the base's init_cfg (ImageNet weights
+    # on the Hugging Face hub); a child's init_cfg=dict(type='Pretrained', ...) still merges
+    backbone=dict(
+        _delete_=True,
+        type='RepGhostNet',
+        widen_factor=1.0,
+        out_indices=(0, 1, 2, 3),
+        frozen_stages=-1,
+        norm_cfg=dict(type='BN', requires_grad=True),
+        norm_eval=False),
     data_preprocessor=dict(pad_size_divisor=32),
     neck=dict(out_channels=64),
     bbox_head=dict(num_classes=3, in_channels=64, feat_channels=64, stacked_convs=2))

@@ -10,5 +10,6 @@ from . import checkpoint  # noqa: F401  (every mmengine checkpoint scheme loads 
 from . import config_scope  # noqa: F401  (_base_ = 'mmrep::configs/...')
 from .config_scope import config_path
 from . import registry  # noqa: F401,E402
+from . import pretrained_init  # noqa: F401,E402  (the 'StrictPretrained' initializer)
 
 __all__ = ['reparameterize_model', 'count_unfused', 'config_path', '__version__']

@@ -16,6 +16,19 @@ SHARED_DATA = os.path.join(os.path.dirname(REPO_ROOT), 'shared', 'data')
 
 
 @pytest.fixture(autouse=True, scope='session')
+def _private_weight_caches(tmp_path_factory):
+    """Pretrained weights (by name, and their conversions) go to a temporary folder, never
+    to ~/.cache, and the hub is an address where nothing listens: no test reaches the internet.
+    Subprocesses inherit these variables."""
+    root = tmp_path_factory.mktemp('weight-caches')
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv('MMREP_WEIGHTS_DIR', str(root / 'mmrep'))
+        patch.setenv('HF_HOME', str(root / 'hf'))
+        patch.setenv('HF_ENDPOINT', 'http://127.0.0.1:9')  # discard port: connection refused
+        yield
+
+
+@pytest.fixture(autouse=True, scope='session')
 def _one_torch_thread():
     previous = torch.get_num_threads()
     torch.set_num_threads(1)

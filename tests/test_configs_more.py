@@ -69,6 +69,7 @@ def quiet_runner_cfg(cfg: Config, tmp_path, name: str) -> Config:
     cfg.default_hooks.checkpoint = None
     cfg.default_hooks.logger = None
     cfg.randomness = dict(seed=0)
+    cfg.model.backbone.init_cfg = None  # offline: the configs name ImageNet weights on the hub
     return cfg
 
 
@@ -162,7 +163,9 @@ def test_replknet_ade20k_recipe():
 @pytest.mark.parametrize('name', ['retinanet_repghost_reppafpn_1x', 'mask-rcnn_repvgg-a0_reppafpn_1x'])
 def test_detector_with_reppafpn_fuses_to_no_batchnorm(name):
     init_default_scope('mmdet')
-    model = build_model(load_config(name), 'mmdet')
+    cfg = load_config(name)
+    cfg.model.backbone.init_cfg = None  # offline: the config names ImageNet weights on the hub
+    model = build_model(cfg, 'mmdet')
     model.init_weights()
     assert count_bn(model.backbone) > 0 and count_bn(model.neck) > 0
     fused = mmrep.reparameterize_model(model).eval()

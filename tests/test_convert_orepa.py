@@ -399,6 +399,16 @@ def test_wrong_depth_is_refused_naming_the_arch_found(r18_state):
         convert(r18_state, 'official', 'ORePA-ResNet34')
 
 
+def test_wrong_depth_refusal_names_the_keys():
+    """Issue 16 item 10: an R-18 file given as R-34 names keys, as RepVGG's refusals do."""
+    state = official_resnet(18, meta=True)[0]
+    with pytest.raises(ConversionError) as info:
+        convert(state, 'official', 'orepa-resnet34')
+    message = str(info.value)
+    assert 'missing keys (stages.0.2.conv1.bn.bias' in message, message
+    assert 'stages.2.5.conv2.kernel_gen' in message or 'stages.0.2.' in message
+
+
 def test_unknown_keys_source_and_arch_are_refused(r18_state):
     bad = dict(r18_state, **{'stage1.0.conv1.weight_dbb_origin': torch.zeros(1),
                              'features.0.weight': torch.zeros(1)})

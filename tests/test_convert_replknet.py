@@ -311,6 +311,18 @@ def test_weights_of_another_arch_are_refused_naming_it(short_state):
         convert(official_structural_reparam(short_state), 'official', 'RepLKNet-XL')
 
 
+def test_wrong_arch_refusal_names_the_keys(short_state):
+    """Issue 16 item 10: 31B given as 31L names the keys and their shapes."""
+    with pytest.raises(ConversionError) as info:
+        convert(short_state, 'official', 'replknet-31l')
+    assert ('stages.0.0.large_kernel.lkb_origin.conv.weight: [128, 1, 31, 31] instead of '
+            '[192, 1, 31, 31]') in str(info.value)
+    with pytest.raises(ConversionError,
+                       match=r'stages\.3\.1\.large_kernel\.lkb_reparam\.weight: '
+                             r'\[1024, 1, 13, 13\] instead of \[3072, 1, 13, 13\]'):
+        convert(official_structural_reparam(short_state), 'official', 'replknet-xl')
+
+
 def test_unknown_keys_source_and_arch_are_refused(short_state):
     bad = dict(short_state, **{'patch_embed.proj.weight': torch.zeros(1),
                                'blocks.0.weight': torch.zeros(1)})
@@ -341,7 +353,7 @@ def test_mixed_training_and_deploy_forms_are_refused(short_state):
 
 def test_imagenet_weights_load_into_a_backbone_with_output_norms(tmp_path):
     """Output norms are a downstream layer (the official XL setting): an ImageNet
-    checkpoint without them loads strictly otherwise, and they keep their init."""
+    checkpoint without them loads strictly otherwise, and they start as fresh norms."""
     from mmrep.models.pretrained import PretrainedMismatchError
 
     imagenet = randomize(RepLKNet(arch=dict(SHORT_31B, ffn_ratio=4), drop_path_rate=0.))
@@ -355,9 +367,60 @@ def test_imagenet_weights_load_into_a_backbone_with_output_norms(tmp_path):
     assert torch.equal(model.stages[2][1].pw1.conv.weight, imagenet.stages[2][1].pw1.conv.weight)
     assert torch.equal(model.out_norms[0].bn.weight, torch.ones(128))  # BN's own init
 
-    # any other missing weight is still refused
+    # any other missing weight is still refused, naming it (now when the model is built)
     state = imagenet.state_dict()
     state.pop('stem.0.conv.weight')
     torch.save({'state_dict': state}, path)
     with pytest.raises(PretrainedMismatchError, match='stem.0.conv.weight'):
         RepLKNet(**cfg).init_weights()
+
+
+def test_fused_backbone_from_imagenet_weights_has_fresh_folded_output_norms(tmp_path):
+    """Issue 16 item 12: a missing output norm of the deploy form is a fresh BatchNorm folded
+    (kernel 1/sqrt(1 + eps), bias 0), so the fused and training forms agree, also when another
+    init_cfg entry touched those convs first."""
+    from mmrep.reparam import reparameterize_model
+    imagenet = randomize(RepLKNet(arch=dict(SHORT_31B, ffn_ratio=4), drop_path_rate=0.), seed=9)
+    fused_weights = reparameterize_model(imagenet.eval())
+    train_path, deploy_path = str(tmp_path / 'train.pth'), str(tmp_path / 'deploy.pth')
+    torch.save({'state_dict': imagenet.state_dict()}, train_path)
+    torch.save({'state_dict': fused_weights.state_dict()}, deploy_path)
+    common = dict(arch=dict(SHORT_31B, ffn_ratio=4), drop_path_rate=0.,
+                  norm_intermediate_features=True)
+    trained = RepLKNet(**common, init_cfg=dict(type='Pretrained', checkpoint=train_path))
+    trained.init_weights()
+    fused = RepLKNet(**common, deploy=True, init_cfg=[
+        dict(type='Kaiming', layer='Conv2d'),
+        dict(type='Pretrained', checkpoint=deploy_path)])
+    fused.init_weights()
+    for norm in fused.out_norms:
+        assert torch.allclose(norm.conv.weight, torch.full_like(norm.conv.weight,
+                                                                1 / math.sqrt(1 + BN_EPS)))
+        assert torch.equal(norm.conv.bias, torch.zeros_like(norm.conv.bias))
+    x = image()
+    with torch.no_grad():
+        for a, e in zip(fused.eval()(x), trained.eval()(x)):
+            assert_close_rel(a, e)
+
+
+def test_surplus_output_norms_are_skipped_and_logged(tmp_path, monkeypatch):
+    """Issue 16 item 13: a checkpoint with more output norms than the model returns."""
+    peer = mmpretrain_replknet(SHORT_31B, seed=10)  # four stage norms
+    save_mmpretrain_classifier(peer, tmp_path / 'mmpretrain.pth')
+    conversion = convert(unwrap(tmp_path / 'mmpretrain.pth'), 'mmpretrain', 'replknet-31b',
+                         out_norm_stages=(0, 1, 2, 3))
+    torch.save({'state_dict': conversion.state_dict}, tmp_path / 'mmrep.pth')
+    from mmrep.models import pretrained
+    logged = []
+    monkeypatch.setattr(pretrained, 'print_log', lambda msg, **kwargs: logged.append(msg))
+    model = load_pretrained(tmp_path / 'mmrep.pth', arch='31B', layers=(1, 1, 1, 1),
+                            out_indices=(1, 3), norm_intermediate_features=True)
+    assert any('skipped 10 keys' in msg and 'out_norms.0.bn.bias' in msg for msg in logged), logged
+    x = image()
+    with torch.no_grad():
+        expected, actual = peer(x), model(x)
+    for a, e in zip(actual, (expected[1], expected[3])):
+        assert_close_rel(a, e)
+    # and into a backbone without output norms at all
+    plain = load_pretrained(tmp_path / 'mmrep.pth', arch='31B', layers=(1, 1, 1, 1))
+    assert not any(k.startswith('out_norms.') for k in plain.state_dict())

@@ -153,7 +153,7 @@ def test_every_consumer_unwraps_a_checkpoint_the_same_way(layout, tmp_path):
     (load_checked) and the converters (unwrap_checkpoint) share one unwrapper."""
     from mmrep.converters.common import unwrap_checkpoint
     from mmrep.engine.deploy_utils import load_checked
-    from mmrep.models.pretrained import read_state_dict
+    from mmrep.pretrained_init import read_state_dict
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
     state = {k: torch.randn_like(v.float()).to(v.dtype) for k, v in model.state_dict().items()}
     path = str(tmp_path / 'ckpt.pth')

@@ -581,32 +581,42 @@ def converted_a0(timm_a0, tmp_path_factory):
     return path
 
 
-def test_pretrained_of_another_model_is_refused(timm_a0, converted_a0, tmp_path):
+def test_pretrained_of_another_model_is_refused_when_built(converted_a0, tmp_path):
     ghost = RepGhostNet(0.5).state_dict()
     torch.save({'state_dict': ghost}, tmp_path / 'ghost.pth')
-    model = RepVGG('A0', init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'ghost.pth')))
+    with pytest.raises(PretrainedMismatchError,
+                       match=r'ghost.pth holds repghostnet-0.5x \(mmrep layout, training form\) '
+                             r'weights .* but the backbone is RepVGG repvgg-a0'):
+        RepVGG('A0', init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'ghost.pth')))
+    # a converted RepVGG of another arch: its meta names the arch
+    with pytest.raises(PretrainedMismatchError,
+                       match=r'holds repvgg-a0 .*\(its meta\), but the backbone is RepVGG repvgg-a1'):
+        RepVGG('A1', init_cfg=dict(type='Pretrained', checkpoint=str(converted_a0)))
+
+
+def test_pretrained_of_an_unknown_layout_is_refused_naming_the_keys(tmp_path):
+    state = {k.replace('branch_', 'path_'): v for k, v in RepVGG('A0').state_dict().items()}
+    torch.save({'state_dict': state}, tmp_path / 'other.pth')
     with pytest.raises(PretrainedMismatchError) as info:
-        model.init_weights()
+        RepVGG('A0', init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'other.pth')))
     message = str(info.value)
     n_missing = len(RepVGG('A0').state_dict()) - sum(
         k.endswith('num_batches_tracked') for k in RepVGG('A0').state_dict())
     assert f'{n_missing} missing keys (stages.0.0.branch_1x1.bn.bias' in message
-    assert f'{len(ghost)} unexpected keys (' in message
-    assert 'run tools/convert_weights.py' in message
-    # unconverted: the timm checkpoint itself
-    model = RepVGG('A0', init_cfg=dict(type='Pretrained', checkpoint=str(timm_a0[1])))
-    with pytest.raises(PretrainedMismatchError, match=r'unexpected keys \(head.fc.bias, head.fc.weight'):
-        model.init_weights()
-    # a converted RepVGG of another arch
-    model = RepVGG('A1', init_cfg=dict(type='Pretrained', checkpoint=str(converted_a0)))
-    with pytest.raises(PretrainedMismatchError, match='keys with the wrong shape'):
-        model.init_weights()
+    assert f'{len(state)} unexpected keys (' in message
+    assert 'Its layout is none that mmrep converts' in message
+
+
+def test_pretrained_timm_checkpoint_converts_on_the_fly(timm_a0):
+    """An unconverted timm checkpoint is detected (layout, arch, form) and converted on load."""
+    ours = pretrained(RepVGG, timm_a0[1], arch='A0')
+    with torch.no_grad():
+        assert_same_features(timm_a0[2], ours(image()))
 
 
 def test_pretrained_form_mismatch_says_which_deploy(converted_a0):
-    model = RepVGG('A0', deploy=True, init_cfg=dict(type='Pretrained', checkpoint=str(converted_a0)))
     with pytest.raises(PretrainedMismatchError, match='build the backbone with deploy=False'):
-        model.init_weights()
+        RepVGG('A0', deploy=True, init_cfg=dict(type='Pretrained', checkpoint=str(converted_a0)))
 
 
 def test_pretrained_prefix_of_a_whole_model_checkpoint(timm_a0, converted_a0, tmp_path):
@@ -614,35 +624,16 @@ def test_pretrained_prefix_of_a_whole_model_checkpoint(timm_a0, converted_a0, tm
     whole = {f'backbone.{k}': v for k, v in state.items()}
     whole['neck.lateral.weight'] = torch.zeros(2)
     torch.save({'state_dict': whole}, tmp_path / 'detector.pth')
-    model = RepVGG('A0', init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'detector.pth')))
-    with pytest.raises(PretrainedMismatchError, match="add prefix='backbone'"):
-        model.init_weights()
-    for prefix in ('backbone', 'backbone.'):
+    # without a prefix the unwrapper keeps a whole model's backbone
+    for prefix in (None, 'backbone', 'backbone.'):
         model = RepVGG('A0', init_cfg=dict(type='Pretrained', prefix=prefix,
                                            checkpoint=str(tmp_path / 'detector.pth'))).eval()
         model.init_weights()
         with torch.no_grad():
             assert_same_features(timm_a0[2], model(image()))
-    model = RepVGG('A0', init_cfg=dict(type='Pretrained', prefix='teacher',
-                                       checkpoint=str(tmp_path / 'detector.pth')))
     with pytest.raises(PretrainedMismatchError, match="no key .* starts with prefix 'teacher.'"):
-        model.init_weights()
-
-
-def test_pretrained_optional_layers_keep_their_initialisation(converted_a0, tmp_path):
-    """Layers a backbone adds for downstream tasks (RepLKNet's output norms) may be absent."""
-    state = torch.load(converted_a0, weights_only=True)['state_dict']
-    torch.save({'state_dict': {k: v for k, v in state.items() if not k.startswith('stages.3.')}},
-               tmp_path / 'no_stage3.pth')
-    model = RepVGG('A0', init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'no_stage3.pth')))
-    with pytest.raises(PretrainedMismatchError, match=r'missing keys \(stages.3.0.branch_1x1'):
-        model.init_weights()
-    model = RepVGG('A0', init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'no_stage3.pth')))
-    model.pretrained_optional_prefixes = ('stages.3.',)
-    before = model.stages[3][0].branch_3x3.conv.weight.clone()
-    model.init_weights()
-    assert torch.equal(model.stages[3][0].branch_3x3.conv.weight, before)
-    assert torch.equal(model.stem.branch_3x3.conv.weight, state['stem.branch_3x3.conv.weight'])
+        RepVGG('A0', init_cfg=dict(type='Pretrained', prefix='teacher',
+                                   checkpoint=str(tmp_path / 'detector.pth')))
 
 
 def test_pretrained_after_other_init_cfgs(timm_a0, converted_a0):
@@ -664,6 +655,9 @@ def test_detector_config_loads_converted_backbone(timm_a0, converted_a0):
     detector.init_weights()
     with torch.no_grad():
         assert_same_features(timm_a0[2], detector.backbone.eval()(image()))
+    # the unconverted timm file: converted when the detector initialises its weights
     cfg.model.backbone.init_cfg = dict(type='Pretrained', checkpoint=str(timm_a0[1]))
-    with pytest.raises(PretrainedMismatchError, match='tools/convert_weights.py'):
-        MODELS.build(cfg.model).init_weights()
+    detector = MODELS.build(cfg.model)
+    detector.init_weights()
+    with torch.no_grad():
+        assert_same_features(timm_a0[2], detector.backbone.eval()(image()))

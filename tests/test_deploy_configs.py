@@ -70,6 +70,7 @@ def _random_checkpoint(cfg: Config, path: str) -> str:
 def _deploy(tmp_path, config: str, deploy_cfg: str, image: str, *extra,
             checkpoint=_random_checkpoint) -> dict:
     cfg = Config.fromfile(osp.join(REPO_ROOT, 'configs', config))
+    cfg.model.backbone.init_cfg = None  # offline: the configs name ImageNet weights on the hub
     _small_input(cfg)
     test_cfg = cfg.model.get('test_cfg') or {}
     for stage in (test_cfg, test_cfg.get('rcnn') or {}):

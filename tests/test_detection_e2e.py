@@ -23,6 +23,7 @@ SCALE = (320, 256)
 def coco128_cfg(tmp_path, config=CONFIG, max_iters=1, num_images=4) -> Config:
     root = shared_data('coco128') + '/'
     cfg = Config.fromfile(config)
+    cfg.model.backbone.init_cfg = None  # offline: the config names ImageNet weights on the hub
     cfg.work_dir = str(tmp_path)
     cfg.experiment_name = f'test_{osp.basename(str(tmp_path))}'
     for stage in ('train', 'test'):

@@ -27,6 +27,7 @@ DEPLOY_DIR = osp.join(REPO_ROOT, 'configs', 'deploy')
 def _small_detector_cfg(neck=None) -> Config:
     """RetinaNet-RepGhost, 3 classes, 320x320 test input, every box kept."""
     cfg = Config.fromfile(osp.join(REPO_ROOT, 'configs', 'retinanet_repghost_1x.py'))
+    cfg.model.backbone.init_cfg = None  # offline: the config names ImageNet weights on the hub
     cfg.model.bbox_head.num_classes = 3
     cfg.model.test_cfg.score_thr = 0.0
     if neck is not None:
@@ -169,7 +170,7 @@ def _mask_rcnn_cfg(tmp_path) -> Config:
     base.write_text("_base_ = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'\n")
     mask_rcnn = Config.fromfile(str(base))
     model = mask_rcnn.model
-    model.backbone = cfg.model.backbone
+    model.backbone = dict(cfg.model.backbone, init_cfg=None)  # offline: no hub download
     model.neck.in_channels = cfg.model.neck.in_channels
     model.roi_head.bbox_head.num_classes = 3
     model.roi_head.mask_head.num_classes = 3

@@ -141,6 +141,7 @@ def _fused_detector(config: str, size: int):
     from mmdet.registry import MODELS
     from mmengine.registry import init_default_scope
     cfg = Config.fromfile(osp.join(REPO_ROOT, 'configs', config))
+    cfg.model.backbone.init_cfg = None  # offline: the configs name ImageNet weights on the hub
     init_default_scope('mmdet')
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)

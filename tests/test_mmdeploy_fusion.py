@@ -29,6 +29,7 @@ CASES = {
 def _small_cfg(name: str) -> Config:
     """The repository config with a 320x320 test input (and fewer RPN proposals)."""
     cfg = Config.fromfile(osp.join(REPO_ROOT, 'configs', name))
+    cfg.model.backbone.init_cfg = None  # offline: the config names ImageNet weights on the hub
     for step in cfg.test_dataloader.dataset.pipeline:
         if step['type'] == 'Resize':
             step.update(scale=(320, 320), keep_ratio=False)

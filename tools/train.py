@@ -4,6 +4,9 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 from mmrep.engine import cli
+from mmrep.hub import WeightsUnavailableError
+from mmrep.models.pretrained import PretrainedMismatchError
+from mmrep.pretrained_init import prepare_pretrained
 
 
 def parse_args(argv=None):
@@ -53,7 +56,13 @@ def main():
     args = parse_args()
     cfg = build_config(args)
     init_cpu_process_group(cfg)
-    runner = Runner.from_cfg(cfg)
+    try:
+        runner = Runner.from_cfg(cfg)
+        # Pretrained weights named in init_cfg: downloaded and converted now, so that an
+        # unreachable hub stops the run before the data sets are loaded
+        prepare_pretrained(runner.model)
+    except (WeightsUnavailableError, PretrainedMismatchError) as error:
+        raise SystemExit(f'train.py: {type(error).__name__}: {error}') from None
     runner.train()
 
 

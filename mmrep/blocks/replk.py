@@ -235,6 +235,11 @@ class FoldableNorm(ReparamModule):
     it to normalize the features it hands to a neck
     (``norm_intermediate_features``).
 
+    Both forms start as a fresh norm (:meth:`reset_parameters`): the deploy
+    form's conv is a fresh BatchNorm folded, kernel ``1/sqrt(1 + eps)`` and
+    bias 0, not a randomly initialised conv, so a fused model whose weights
+    have no norm (ImageNet checkpoints) computes what the training form does.
+
     State dict: training ``bn``; deploy ``conv.{weight,bias}``.
     """
 
@@ -243,13 +248,26 @@ class FoldableNorm(ReparamModule):
         super().__init__()
         self.channels = channels
         self.deploy = deploy
+        self.norm_layer = norm_layer
         if deploy:
             self.conv = self._affine_conv()
         else:
             self.bn = norm_layer(channels)
+        self.reset_parameters()
 
     def _affine_conv(self) -> nn.Conv2d:
         return nn.Conv2d(self.channels, self.channels, 1, groups=self.channels)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """A fresh norm: unit scale, zero shift, zero mean, unit variance (in either form)."""
+        if not self.deploy:
+            self.bn.reset_parameters()
+            return
+        fresh = self.norm_layer(self.channels).to(self.conv.weight.device).eval()
+        kernel, bias = fusion.fold_bn_module(fresh, self.channels, groups=self.channels)
+        self.conv.weight.copy_(kernel)
+        self.conv.bias.copy_(bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x) if self.deploy else self.bn(x)

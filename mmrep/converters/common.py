@@ -4,9 +4,16 @@ A family module (``repvgg``, ``repghostnet``, ...) turns the backbone
 weights of one source layout into mmrep's key names with the helpers here;
 :func:`mmrep.converters.convert_checkpoint` then checks the result against
 the mmrep backbone with :func:`check_against_backbone` before writing it.
+
+Detection (which layout, arch and form a state dict holds) works on shapes
+only: :func:`detect_by_conversion` converts a copy of the state made of
+meta tensors (no data is read or computed) and :func:`match_arch` compares
+the result with every arch's backbone built on the meta device.
 """
 from __future__ import annotations
 
+import functools
+import importlib
 import re
 from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
@@ -30,6 +37,7 @@ class Conversion(NamedTuple):
 
 
 def first_keys(keys: Iterable[str], limit: int = 5) -> str:
+    """The first ``limit`` keys, comma-separated, with ``...`` if there are more."""
     keys = list(keys)
     return ', '.join(keys[:limit]) + (', ...' if len(keys) > limit else '')
 
@@ -205,3 +213,86 @@ def check_against_backbone(state: Mapping[str, Tensor], cfg: Mapping, arch: str)
             f'the converted weights do not fit the {form}-form backbone of --arch {arch} '
             f'({dict(cfg)}): {mismatch.describe()}. Is the checkpoint of another arch or width, '
             'or of another layout (--from)?')
+
+
+# ---------------------------------------------------------------- detection
+
+
+class Detection(NamedTuple):
+    """What a state dict holds, as found from its keys and shapes."""
+    family: str            # the family module's FAMILY ('repvgg', ...)
+    source: str            # its layout: 'official', 'timm', 'mmpretrain', or 'mmrep' (no conversion)
+    arch: Optional[str]    # the ARCHS name whose backbone it fits, None if no arch fits exactly
+    deploy: bool           # True: the fused (deploy) form
+
+    def describe(self) -> str:
+        arch = self.arch or f'{self.family} (no listed arch)'
+        form = 'deploy (fused)' if self.deploy else 'training'
+        return f'{arch} ({self.source} layout, {form} form)'
+
+
+def meta_state(state: Mapping[str, Tensor]) -> StateDict:
+    """The shapes and dtypes of ``state`` as meta tensors: conversions run on it without data."""
+    return {k: torch.empty(v.shape, dtype=v.dtype, device='meta') for k, v in state.items()
+            if isinstance(v, Tensor)}
+
+
+@functools.lru_cache(maxsize=None)
+def _arch_shapes(module_name: str, arch: str, deploy: bool) -> Tuple[Dict[str, tuple], tuple]:
+    family = importlib.import_module(module_name)
+    model = build_backbone(dict(family.ARCHS[arch], deploy=deploy))
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return shapes, tuple(getattr(model, 'pretrained_optional_prefixes', ()))
+
+
+def fits_exactly(expected: Mapping[str, tuple], state: Mapping[str, Tensor],
+                 optional_prefixes: Sequence[str]) -> bool:
+    """``state`` has every key of ``expected`` with its shape; optional layers may be absent
+    or surplus (:func:`mmrep.models.pretrained.compare_state_dict` rules)."""
+    optional = tuple(optional_prefixes)
+    state = {k: v for k, v in state.items() if k in expected or not k.startswith(optional)}
+    return not compare_state_dict(expected, state, optional)
+
+
+def match_arch(family_module, state: Mapping[str, Tensor], deploy: bool) -> Optional[str]:
+    """The arch of ``family_module.ARCHS`` whose ``deploy``-form backbone ``state`` fits, or None.
+
+    Backbones are built on the meta device, once per process.
+    """
+    for arch in family_module.ARCHS:
+        expected, optional = _arch_shapes(family_module.__name__, arch, bool(deploy))
+        if fits_exactly(expected, state, optional):
+            return arch
+    return None
+
+
+def detect_mmrep_layout(family_module, state: Mapping[str, Tensor]) -> Optional[Detection]:
+    """A state already in mmrep's keys for one of the family's archs (either form), else None."""
+    for deploy in (False, True):
+        arch = match_arch(family_module, state, deploy)
+        if arch is not None:
+            return Detection(family_module.FAMILY, 'mmrep', arch, deploy)
+    return None
+
+
+def detect_by_conversion(family_module, state: Mapping[str, Tensor], source: str,
+                         **convert_kwargs) -> Detection:
+    """Convert a meta copy of ``state`` from ``source`` and find the arch it fits.
+
+    The helper every family's ``detect`` ends with once it knows the layout
+    from the keys: the conversion's own checks run (a state of the layout
+    that cannot be converted raises :class:`ConversionError`), and the arch
+    is the one whose backbone the converted keys fit exactly (None if none does).
+    """
+    conversion = family_module.convert(meta_state(state), source, None, **convert_kwargs)
+    arch = match_arch(family_module, conversion.state_dict, conversion.deploy)
+    return Detection(family_module.FAMILY, source, arch, conversion.deploy)
+
+
+def describe_against_arch(family_module, state: Mapping[str, Tensor], arch: str,
+                          deploy: bool) -> str:
+    """How converted ``state`` differs from the backbone of ``arch``: the keys, named."""
+    expected, optional = _arch_shapes(family_module.__name__, arch, bool(deploy))
+    optional_ = tuple(optional)
+    state = {k: v for k, v in state.items() if k in expected or not k.startswith(optional_)}
+    return compare_state_dict(expected, state, optional).describe()

@@ -25,13 +25,15 @@ hold the final kernels and only need renaming, into a ``deploy=True`` model.
 from __future__ import annotations
 
 import re
+import sys
 from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from mmrep.blocks.orepa import DWS_EXPANSION, frequency_prior
-from mmrep.converters.common import Conversion, ConversionError, check_request
+from mmrep.converters.common import (Conversion, ConversionError, Detection, check_request,
+                                     describe_against_arch, detect_by_conversion)
 from mmrep.models.backbones.orepa_resnet import OREPABottleneck, OREPAResNet
 
 FAMILY = 'orepa_resnet'
@@ -139,7 +141,7 @@ def _block_layout(state: Dict[str, Tensor]) -> Tuple[bool, Tuple[int, ...]]:
     return bottleneck, tuple(counts)
 
 
-def _check_arch(state: Dict[str, Tensor], arch: str, depth: int) -> None:
+def _check_arch(state: Dict[str, Tensor], arch: str, depth: int, deploy: bool) -> None:
     block, num_blocks = OREPAResNet.arch_settings[depth]
     bottleneck, counts = _block_layout(state)
     found = [d for d, (b, n) in OREPAResNet.arch_settings.items()
@@ -150,10 +152,18 @@ def _check_arch(state: Dict[str, Tensor], arch: str, depth: int) -> None:
         raise ConversionError(
             f'the checkpoint has {kind} blocks {counts} per stage ({what}), but arch {arch!r} '
             f'needs {"bottleneck" if block is OREPABottleneck else "basic"} blocks '
-            f'{tuple(num_blocks)}')
+            f'{tuple(num_blocks)}: '
+            + describe_against_arch(sys.modules[__name__], state, arch, deploy))
 
 
-def convert(state: Dict[str, Tensor], source: str, arch: str) -> Conversion:
+def detect(state: Dict[str, Tensor]) -> Optional[Detection]:
+    """Depth and form of official OREPA-ResNet weights; None if not OREPA-ResNet."""
+    if any(key.startswith('stage0.conv1.') for key in state):
+        return detect_by_conversion(sys.modules[__name__], state, 'official')
+    return None
+
+
+def convert(state: Dict[str, Tensor], source: str, arch: Optional[str]) -> Conversion:
     """Official OREPA-ResNet weights (train or deploy form) -> mmrep ``OREPAResNet`` keys.
 
     ``state`` is the official model's state dict without wrappers. Train form
@@ -205,5 +215,6 @@ def convert(state: Dict[str, Tensor], source: str, arch: str) -> Conversion:
     for prefix, leaves in kernels.items():
         for leaf, value in orepa_kernel_from_official(leaves, mirrored[prefix], prefix).items():
             out[f'{prefix}.{leaf}'] = value
-    _check_arch(out, arch, ARCHS[arch]['depth'])
+    if arch is not None:
+        _check_arch(out, arch, ARCHS[arch]['depth'], bool(fused))
     return Conversion(out, dropped, deploy=bool(fused))

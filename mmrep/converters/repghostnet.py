@@ -19,19 +19,23 @@ folded into their convs here with :func:`mmrep.fusion.fold_bn`.
 """
 from __future__ import annotations
 
-from typing import Dict
+import sys
+from typing import Dict, Optional
 
 from torch import Tensor
 
-from mmrep.converters.common import (Conversion, check_request, detect_deploy, drop_by_prefix,
-                                     fold_bn_pairs, rename_by_prefix, rename_parts,
-                                     require_prefix)
+from mmrep.converters.common import (Conversion, Detection, check_request, detect_by_conversion,
+                                     detect_deploy, drop_by_prefix, fold_bn_pairs,
+                                     rename_by_prefix, rename_parts, require_prefix)
 from mmrep.models.backbones.repghostnet import RepGhostNet
 
 FAMILY = 'repghostnet'
 SOURCES = ('official', 'timm')
 ARCHS = {f'repghostnet-{w}x': dict(type='RepGhostNet', widen_factor=w)
          for w in RepGhostNet.WIDEN_FACTORS}
+# timm model names (``timm://repghostnet_100.in1k``: width x 100, three digits) -> ARCHS names
+TIMM_MODELS = {f'repghostnet_{round(w * 100):03d}': f'repghostnet-{w}x'
+               for w in RepGhostNet.WIDEN_FACTORS}
 
 # Bottlenecks per official 'blocks.{i}' group (the 'cfgs' of model/repghost.py).
 OFFICIAL_GROUP_SIZES = (1, 1, 1, 1, 1, 1, 5, 1, 4)
@@ -61,8 +65,19 @@ def _block_prefixes() -> list:
 _TABLE = [('conv_stem.', 'stem.conv.'), ('bn1.', 'stem.bn.')] + _block_prefixes()
 
 
-def convert(state: Dict[str, Tensor], source: str, arch: str) -> Conversion:
-    """Regroup and rename RepGhostNet weights; a deploy-form checkpoint gets its BNs folded."""
+def detect(state: Dict[str, Tensor]) -> Optional[Detection]:
+    """Width and form of official / timm RepGhostNet weights (the same keys); None if not RepGhostNet."""
+    if any(key.startswith('conv_stem.') for key in state) and any(
+            key.startswith('blocks.0.0.ghost1.') for key in state):
+        return detect_by_conversion(sys.modules[__name__], state, 'official')
+    return None
+
+
+def convert(state: Dict[str, Tensor], source: str, arch: Optional[str]) -> Conversion:
+    """Regroup and rename RepGhostNet weights; a deploy-form checkpoint gets its BNs folded.
+
+    The width does not change the renaming; ``arch=None`` converts for any.
+    """
     check_request('RepGhostNet', SOURCES, ARCHS, source, arch)
     require_prefix(state, ('conv_stem.',), f'{source} RepGhostNet')
     state, dropped = drop_by_prefix(state, HEAD)

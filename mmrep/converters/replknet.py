@@ -28,13 +28,15 @@ default of both sources (a state dict does not store it).
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Sequence
+import sys
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from mmrep import fusion
-from mmrep.converters.common import Conversion, ConversionError, check_request
+from mmrep.converters.common import (Conversion, ConversionError, Detection, check_request,
+                                     detect_by_conversion)
 from mmrep.models.backbones.replknet import RepLKNet
 
 FAMILY = 'replknet'
@@ -111,38 +113,70 @@ def _fold_deploy(state: Dict[str, Tensor]) -> Dict[str, Tensor]:
     return out
 
 
+def _large_kernel_keys(stage: int, deploy: bool) -> Tuple[str, str]:
+    """The keys of the first RepLKBlock's large and small kernel in ``stage`` (mmrep names)."""
+    block = f'stages.{stage}.{0 if stage == 0 else 1}.large_kernel'
+    return (f'{block}.{"lkb_reparam" if deploy else "lkb_origin.conv"}.weight',
+            f'{block}.small_conv.conv.weight')
+
+
 def _stage_signature(state: Dict[str, Tensor], stage: int, deploy: bool):
     """(width, large kernel, small kernel or None) of a stage from its first RepLKBlock."""
-    block = f'stages.{stage}.{0 if stage == 0 else 1}.large_kernel'
-    large = state.get(f'{block}.{"lkb_reparam" if deploy else "lkb_origin.conv"}.weight')
+    large_key, small_key = _large_kernel_keys(stage, deploy)
+    large = state.get(large_key)
     if large is None:
         return None
-    small = state.get(f'{block}.small_conv.conv.weight')
+    small = state.get(small_key)
     return large.shape[0], large.shape[-1], None if small is None else small.shape[-1]
 
 
-def _check_arch(state: Dict[str, Tensor], arch: str, deploy: bool) -> None:
-    """Refuse weights of another RepLKNet arch, naming the arch they belong to."""
-    def signature(settings):
-        return [(int(c * settings['dw_ratio']), k, settings['small_kernel'])
-                for c, k in zip(settings['channels'], settings['large_kernel_sizes'])]
+def _arch_signature(settings: dict, deploy: bool) -> list:
+    # the merged deploy kernel no longer shows the small one
+    return [(int(c * settings['dw_ratio']), k, None if deploy else settings['small_kernel'])
+            for c, k in zip(settings['channels'], settings['large_kernel_sizes'])]
 
+
+def _check_arch(state: Dict[str, Tensor], arch: str, deploy: bool) -> None:
+    """Refuse weights of another RepLKNet arch, naming the arch they belong to and the keys."""
     found = [_stage_signature(state, i, deploy) for i in range(4)]
-    expected = signature(RepLKNet.arch_settings[ARCHS[arch]['arch']])
-    if deploy:  # the merged kernel no longer shows the small one
-        expected = [(c, k, None) for c, k, _ in expected]
+    expected = _arch_signature(RepLKNet.arch_settings[ARCHS[arch]['arch']], deploy)
     if found == expected:
         return
     names = [name for name, settings in RepLKNet.arch_settings.items()
-             if [(c, k, None if deploy else s) for c, k, s in signature(settings)] == found]
+             if _arch_signature(settings, deploy) == found]
     what = f'RepLKNet-{names[0]}' if names else 'no known RepLKNet arch'
+    keys = []
+    for stage, (got, want) in enumerate(zip(found, expected)):
+        large_key, small_key = _large_kernel_keys(stage, deploy)
+        if got is None:
+            keys.append(f'{large_key} missing')
+            continue
+        if got[:2] != want[:2]:
+            keys.append(f'{large_key}: {list(state[large_key].shape)} instead of '
+                        f'{[want[0], 1, want[1], want[1]]}')
+        if got[2] != want[2]:
+            shape = list(state[small_key].shape) if small_key in state else 'missing'
+            keys.append(f'{small_key}: {shape} instead of '
+                        f'{"missing" if want[2] is None else [want[0], 1, want[2], want[2]]}')
     raise ConversionError(
         f'the checkpoint\'s large-kernel convs (channels, kernel, small kernel) per stage are '
-        f'{found} ({what}), but arch {arch!r} needs {expected}')
+        f'{found} ({what}), but arch {arch!r} needs {expected}: {"; ".join(keys)}')
 
 
-def convert(state: Dict[str, Tensor], source: str, arch: str,
-            out_norm_stages: Sequence[int] = ()) -> Conversion:
+# Automatic conversion keeps every stage norm; the strict load skips those the model lacks.
+AUTO_CONVERT_KWARGS = dict(out_norm_stages=None)
+
+
+def detect(state: Dict[str, Tensor]) -> Optional[Detection]:
+    """Arch and form of official / mmpretrain RepLKNet weights (one layout); None if not RepLKNet."""
+    if any(re.match(r'stages\.0\.blocks\.0\.', key) for key in state):
+        return detect_by_conversion(sys.modules[__name__], state, 'official',
+                                    **AUTO_CONVERT_KWARGS)
+    return None
+
+
+def convert(state: Dict[str, Tensor], source: str, arch: Optional[str],
+            out_norm_stages: Optional[Sequence[int]] = ()) -> Conversion:
     """Official or mmpretrain RepLKNet weights -> mmrep ``RepLKNet`` keys.
 
     ``state``: the backbone/classifier state dict without wrappers. Training
@@ -150,6 +184,9 @@ def convert(state: Dict[str, Tensor], source: str, arch: str,
     ``RepLKNet(arch, deploy=True)``. ``out_norm_stages``: the stages whose
     output norm the target model has (``norm_intermediate_features=True`` and
     in ``out_indices``); the checkpoint's other stage norms are dropped.
+    ``out_norm_stages=None`` keeps every stage norm of the checkpoint (the
+    strict load skips those the model has no place for). ``arch=None``
+    converts without checking the arch.
     """
     arch = check_request('RepLKNet', SOURCES, ARCHS, source, arch)
     renamed: Dict[str, Tensor] = {}
@@ -162,7 +199,8 @@ def convert(state: Dict[str, Tensor], source: str, arch: str,
         new = _rename(key)
         if new is None:
             unknown.append(key)
-        elif new.startswith('out_norms.') and int(new.split('.')[1]) not in out_norm_stages:
+        elif (new.startswith('out_norms.') and out_norm_stages is not None
+              and int(new.split('.')[1]) not in out_norm_stages):
             dropped.append(key)
         else:
             renamed[new] = value
@@ -171,7 +209,7 @@ def convert(state: Dict[str, Tensor], source: str, arch: str,
                               f'{unknown[:5]}')
     if not renamed:
         raise ConversionError('the checkpoint holds no RepLKNet backbone weights')
-    missing_norms = [i for i in out_norm_stages
+    missing_norms = [i for i in out_norm_stages or ()
                      if f'out_norms.{i}.bn.running_mean' not in renamed]
     if missing_norms:
         raise ConversionError(f'the checkpoint has no stage norm (stages.i.norm) for stages '
@@ -181,7 +219,8 @@ def convert(state: Dict[str, Tensor], source: str, arch: str,
     if deploy and unmerged:
         raise ConversionError(f'the checkpoint mixes merged (lkb_reparam) and unmerged large '
                               f'kernels, e.g. {unmerged[:3]}')
-    _check_arch(renamed, arch, deploy)
+    if arch is not None:
+        _check_arch(renamed, arch, deploy)
     if deploy:
         renamed = _fold_deploy(renamed)
     return Conversion(renamed, dropped, deploy)

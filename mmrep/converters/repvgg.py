@@ -20,18 +20,23 @@ mmrep                official                  timm                      mmpretr
 """
 from __future__ import annotations
 
-from typing import Dict
+import re
+import sys
+from typing import Dict, Optional
 
 from torch import Tensor
 
-from mmrep.converters.common import (Conversion, check_request, detect_deploy, drop_by_prefix,
-                                     rename_by_prefix, rename_parts, require_prefix)
+from mmrep.converters.common import (Conversion, Detection, check_request, detect_by_conversion,
+                                     detect_deploy, drop_by_prefix, rename_by_prefix, rename_parts,
+                                     require_prefix)
 from mmrep.models.backbones.base import NUM_STAGES
 from mmrep.models.backbones.repvgg import RepVGG
 
 FAMILY = 'repvgg'
 SOURCES = ('official', 'timm', 'mmpretrain')
 ARCHS = {f'repvgg-{name.lower()}': dict(type='RepVGG', arch=name) for name in RepVGG.arch_settings}
+# timm model names (``timm://repvgg_a0.rvgg_in1k``) -> ARCHS names
+TIMM_MODELS = {f'repvgg_{name.lower()}': f'repvgg-{name.lower()}' for name in RepVGG.arch_settings}
 
 # Per source: stem prefix, stage prefix (format with the stage number from
 # 'first_stage'), block part renames, head prefixes, and the prefixes that
@@ -55,10 +60,27 @@ _LAYOUTS = {
                ('se_layer.conv2.conv', 'se.up')),
         head=('head.', 'neck.'), signature=('stem.branch_3x3.', 'stem.branch_reparam.')),
 }
+# A key only this layout has (mmpretrain's stem keys are mmrep's own, its stage names are not).
+_MARKERS = {
+    'official': re.compile(r'stage0\.(rbr_dense|rbr_reparam)\.'),
+    'timm': re.compile(r'stem\.(conv_kxk|reparam_conv)\.'),
+    'mmpretrain': re.compile(r'stage_1\.0\.branch_'),
+}
 
 
-def convert(state: Dict[str, Tensor], source: str, arch: str) -> Conversion:
-    """Rename the RepVGG weights of ``source`` to mmrep's; the form (train / deploy) is detected."""
+def detect(state: Dict[str, Tensor]) -> Optional[Detection]:
+    """The layout, arch and form of RepVGG weights from their keys and shapes; None if not RepVGG."""
+    for source, marker in _MARKERS.items():
+        if any(marker.match(key) for key in state):
+            return detect_by_conversion(sys.modules[__name__], state, source)
+    return None
+
+
+def convert(state: Dict[str, Tensor], source: str, arch: Optional[str]) -> Conversion:
+    """Rename the RepVGG weights of ``source`` to mmrep's; the form (train / deploy) is detected.
+
+    The arch does not change the renaming; ``arch=None`` converts for any.
+    """
     check_request('RepVGG', SOURCES, ARCHS, source, arch)
     layout = _LAYOUTS[source]
     require_prefix(state, layout['signature'], f'{source} RepVGG')

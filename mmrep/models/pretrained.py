@@ -4,29 +4,25 @@ mmengine's ``init_cfg=dict(type='Pretrained', checkpoint=...)`` loads with
 ``strict=False``: a checkpoint of another model, arch or layout only logs a
 warning and the network then trains from random weights (the classic
 "my fused model is wrong" report, RepVGG issue #35). mmrep backbones load
-through :func:`load_pretrained` instead, which refuses any checkpoint that
+through :func:`load_state_strict` instead, which refuses any checkpoint that
 does not cover the backbone exactly and names the keys that do not fit.
+(Getting the weights, by name and in any known layout, is glue:
+:mod:`mmrep.pretrained_init`.)
 
 :func:`compare_state_dict` is also the check ``tools/convert_weights.py``
 runs on a converted checkpoint before writing it.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, NamedTuple, Sequence, Tuple
 
 import torch
 from mmengine.logging import print_log
-from mmengine.model.weight_init import PretrainedInit, update_init_info
-from mmengine.runner.checkpoint import CheckpointLoader
 from torch import nn
-
-from mmrep.models.unwrap import CheckpointLayoutError, unwrap_state_dict
 
 #: Key suffixes a checkpoint may lack. A BatchNorm without its step counter loads
 #: fine (torch fills it in), and the counter does not change the eval-mode output.
 OPTIONAL_SUFFIXES = ('num_batches_tracked',)
-CONVERT_HINT = ('Checkpoints of the official repos, timm or mmpretrain must be converted '
-                'first: run tools/convert_weights.py (docs/en/user_guides/pretrained_weights.md).')
 
 
 class StateDictMismatch(NamedTuple):
@@ -78,70 +74,69 @@ class PretrainedMismatchError(ValueError):
     """A ``Pretrained`` checkpoint that does not cover the backbone; the message names the keys."""
 
 
-def read_state_dict(checkpoint: str, prefix: Optional[str] = None,
-                    map_location='cpu') -> Tuple[Dict[str, torch.Tensor], dict]:
-    """The weights in ``checkpoint`` as mmengine's ``Pretrained`` would load them, and its meta.
-
-    Unwrapped by :func:`~mmrep.models.unwrap.unwrap_state_dict`: ``state_dict``
-    (or ``model``), without a DDP ``module.`` prefix, and with ``prefix``
-    (e.g. ``'backbone'``) only the keys under it, without it.
-    """
-    ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location=map_location,
-                                            logger='current')
-    try:
-        state = unwrap_state_dict(ckpt, 'saved', prefix).state
-    except CheckpointLayoutError as err:
-        raise PretrainedMismatchError(f'{checkpoint}: {err}') from None
-    meta = ckpt.get('meta') if isinstance(ckpt.get('meta'), Mapping) else {}
-    return state, dict(meta)
+def optional_prefixes(module: nn.Module) -> Tuple[str, ...]:
+    """Layers that pretrained (ImageNet) checkpoints may lack or have more of than ``module``."""
+    return tuple(getattr(module, 'pretrained_optional_prefixes', ()))
 
 
-def load_pretrained(module: nn.Module, checkpoint: str, prefix: Optional[str] = None,
-                    map_location='cpu') -> None:
-    """Load ``checkpoint`` into ``module`` if it covers it exactly, else raise.
+def _owners(module: nn.Module, keys: Sequence[str], prefixes: Sequence[str]) -> Dict[str, nn.Module]:
+    """The submodules right under an optional prefix that ``keys`` belong to (``out_norms.2``)."""
+    owners = {}
+    for key in keys:
+        prefix = next(p for p in prefixes if key.startswith(p))
+        name = prefix + key[len(prefix):].split('.')[0]
+        owners[name] = module.get_submodule(name)
+    return owners
 
-    The :class:`PretrainedMismatchError` gives how many keys are missing,
-    unexpected or of the wrong shape, names the first few, and says how to
-    convert a checkpoint of another layout. A module may list, in its
-    ``pretrained_optional_prefixes`` attribute, layers that pretrained
-    checkpoints do not have (heads added for a downstream task, such as
-    RepLKNet's output norms): those keep their initialisation, and say so in the log.
-    """
-    print_log(f'load {prefix + " in " if prefix else ""}{type(module).__name__} '
-              f'from {checkpoint}', logger='current')
-    state, meta = read_state_dict(checkpoint, prefix, map_location)
+
+def refuse_mismatch(module: nn.Module, state: Mapping[str, torch.Tensor], checkpoint: str,
+                    hints: Sequence[str] = ()) -> None:
+    """Raise :class:`PretrainedMismatchError` naming the keys if ``state`` does not cover
+    ``module`` (optional layers may be missing; surplus ones must be removed first)."""
     expected = {k: v.shape for k, v in module.state_dict().items()}
-    optional = tuple(getattr(module, 'pretrained_optional_prefixes', ()))
-    mismatch = compare_state_dict(expected, state, optional)
-    fresh = sorted(k for k in expected if k not in state and k.startswith(optional)
-                   and not k.endswith(OPTIONAL_SUFFIXES))
-    if fresh and not mismatch:
-        print_log(f'{len(fresh)} weights of {type(module).__name__} are not in {checkpoint} and '
-                  f'keep their initialisation: {", ".join(fresh)}', logger='current')
+    mismatch = compare_state_dict(expected, state, optional_prefixes(module))
     if mismatch:
-        hints = []
-        if not prefix and any(k.startswith('backbone.') for k in state):
-            hints.append("It has 'backbone.' keys (a whole-model checkpoint?): add "
-                         "prefix='backbone' to the init_cfg.")
-        deploy = getattr(module, 'deploy', None)
-        if 'deploy' in meta and deploy is not None and bool(meta['deploy']) != bool(deploy):
-            hints.append(f'It was converted for deploy={bool(meta["deploy"])}; build the '
-                         f'backbone with deploy={bool(meta["deploy"])}.')
-        hints.append(CONVERT_HINT)
         raise PretrainedMismatchError(
             f'{type(module).__name__}: the Pretrained checkpoint {checkpoint} does not fit '
-            f'this backbone: {mismatch.describe()}. ' + ' '.join(hints))
-    module.load_state_dict(state, strict=False)  # strict but for OPTIONAL_SUFFIXES
+            f'this backbone: {mismatch.describe()}.' + ''.join(' ' + h for h in hints))
 
 
-class StrictPretrainedInit(PretrainedInit):
-    """mmengine's ``Pretrained`` initializer, loading with :func:`load_pretrained` (strict).
+def load_state_strict(module: nn.Module, state: Mapping[str, torch.Tensor], checkpoint: str,
+                      hints: Sequence[str] = ()) -> None:
+    """Load ``state`` into ``module`` if it covers it exactly, else raise naming the keys.
 
-    :meth:`RepBackbone.init_weights <mmrep.models.backbones.base.RepBackbone.init_weights>`
-    uses it for an ``init_cfg`` of ``type='Pretrained'``.
+    The :class:`PretrainedMismatchError` gives how many keys are missing,
+    unexpected or of the wrong shape, names the first few, and adds ``hints``.
+
+    A module may list, in its ``pretrained_optional_prefixes`` attribute,
+    layers that pretrained checkpoints may not have, or have more of
+    (RepLKNet's output norms: ImageNet checkpoints have none, downstream ones
+    all four): keys under them that the module has no place for are skipped,
+    and each such layer the checkpoint lacks is reset to its fresh state by
+    its ``reset_parameters`` (a layer without one refuses the checkpoint).
+    Both are logged.
     """
-
-    def __call__(self, module: nn.Module) -> None:
-        load_pretrained(module, self.checkpoint, self.prefix, self.map_location)
-        if hasattr(module, '_params_init_info'):
-            update_init_info(module, init_info=self._get_init_info())
+    expected = {k: v.shape for k, v in module.state_dict().items()}
+    optional = optional_prefixes(module)
+    surplus = sorted(k for k in state if k not in expected and k.startswith(optional))
+    state = {k: v for k, v in state.items() if k not in surplus}
+    refuse_mismatch(module, state, checkpoint, hints)
+    fresh = sorted(k for k in expected if k not in state and k.startswith(optional)
+                   and not k.endswith(OPTIONAL_SUFFIXES))
+    owners = _owners(module, fresh, optional)
+    unresettable = sorted(name for name, owner in owners.items()
+                          if not callable(getattr(owner, 'reset_parameters', None)))
+    if unresettable:
+        raise PretrainedMismatchError(
+            f'{type(module).__name__}: the Pretrained checkpoint {checkpoint} has no weights for '
+            f'{", ".join(unresettable)}, and these layers have no fresh state to start from '
+            '(no reset_parameters)')
+    module.load_state_dict(state, strict=False)  # strict but for OPTIONAL_SUFFIXES and `fresh`
+    for owner in owners.values():
+        owner.reset_parameters()
+    if owners:
+        print_log(f'{type(module).__name__}: {", ".join(owners)} are not in {checkpoint}; '
+                  'they start fresh (reset_parameters)', logger='current')
+    if surplus:
+        print_log(f'{type(module).__name__}: skipped {len(surplus)} keys of {checkpoint} that '
+                  f'this backbone has no place for: {", ".join(surplus)}', logger='current')

@@ -8,6 +8,7 @@ options OpenMMLab users expect: ``out_indices``, ``frozen_stages``,
 from __future__ import annotations
 
 import contextlib
+import functools
 from functools import partial
 from typing import Iterator, Mapping, Optional, Sequence, Union
 
@@ -16,12 +17,16 @@ import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import PretrainedInit
+from mmengine.registry import WEIGHT_INITIALIZERS
 from torch import nn
 
 from mmrep import fusion
 from mmrep.blocks.base import NormLayer
-from mmrep.models.pretrained import StrictPretrainedInit
 from mmrep.reparam import reparameterize_model
+
+# The strict ``Pretrained`` initializer (weights by name, conversion on the fly):
+# OpenMMLab glue, registered by mmrep.pretrained_init, found through the registry.
+STRICT_PRETRAINED = 'StrictPretrained'
 
 NUM_STAGES = 4
 
@@ -187,31 +192,62 @@ class RepBackbone(BaseModule):
                     module.eval()
         return self
 
-    # Layers that pretrained (ImageNet) checkpoints do not have, e.g. norms a
-    # subclass adds for downstream tasks: Pretrained loading leaves them initialised.
+    # Layers that pretrained (ImageNet) checkpoints may lack, or have more of
+    # (norms a subclass adds for downstream tasks): Pretrained loading skips
+    # surplus ones and starts missing ones fresh (their reset_parameters).
     pretrained_optional_prefixes: Sequence[str] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        # Check the Pretrained init_cfg once the outermost __init__ has built the
+        # whole network: a wrong file fails when the model is built (before the
+        # runner dumps its config and builds data sets), not at init_weights.
+        super().__init_subclass__(**kwargs)
+        init = cls.__init__
+
+        @functools.wraps(init)
+        def __init__(self, *args, **kw):
+            init(self, *args, **kw)
+            if type(self) is cls:
+                self._check_pretrained()
+
+        cls.__init__ = __init__
+
+    def pretrained_init_cfg(self) -> Optional[dict]:
+        """The ``type='Pretrained'`` entry of ``init_cfg``, or None."""
+        cfgs = self.init_cfg if isinstance(self.init_cfg, (list, tuple)) else [self.init_cfg]
+        pretrained = [cfg for cfg in cfgs
+                      if cfg and cfg.get('type') in ('Pretrained', PretrainedInit)]
+        if len(pretrained) > 1:
+            raise ValueError(f'{type(self).__name__}: init_cfg has {len(pretrained)} Pretrained '
+                             'entries; give one checkpoint')
+        return pretrained[0] if pretrained else None
+
+    def _strict_initializer(self, cfg: dict):
+        return WEIGHT_INITIALIZERS.build(dict(cfg, type=STRICT_PRETRAINED))
+
+    def _check_pretrained(self) -> None:
+        cfg = self.pretrained_init_cfg()
+        if cfg is not None and next(self.parameters()).device.type != 'meta':
+            self._strict_initializer(cfg).check(self)
 
     def init_weights(self) -> None:
         """mmengine's initialisation, but a ``Pretrained`` init_cfg must cover the backbone.
 
         mmengine loads ``Pretrained`` with ``strict=False``; here the entry
         (``checkpoint``, optional ``prefix``, ``map_location``) becomes a
-        :class:`~mmrep.models.pretrained.StrictPretrainedInit`, which raises,
-        naming the keys, for a checkpoint that does not fit. It runs after the
-        other entries (Kaiming, Constant, ...); no child of a RepBackbone has
-        an ``init_weights`` of its own that could run later.
+        :class:`~mmrep.pretrained_init.StrictPretrainedInit`, which takes
+        weights by name and in any layout the converters know, and raises,
+        naming the keys, for a checkpoint that does not fit. It runs after
+        the other entries (Kaiming, Constant, ...); no child of a RepBackbone
+        has an ``init_weights`` of its own that could run later.
         """
-        cfgs = self.init_cfg if isinstance(self.init_cfg, (list, tuple)) else [self.init_cfg]
-        cfgs = [cfg for cfg in cfgs if cfg]
-        pretrained = [cfg for cfg in cfgs if cfg.get('type') in ('Pretrained', PretrainedInit)]
-        if not pretrained:
+        pretrained = self.pretrained_init_cfg()
+        if pretrained is None:
             return super().init_weights()
-        if len(pretrained) > 1:
-            raise ValueError(f'{type(self).__name__}: init_cfg has {len(pretrained)} Pretrained '
-                             'entries; give one checkpoint')
+        cfgs = self.init_cfg if isinstance(self.init_cfg, (list, tuple)) else [self.init_cfg]
         original = self.init_cfg
-        self.init_cfg = ([cfg for cfg in cfgs if cfg is not pretrained[0]]
-                         + [dict(pretrained[0], type=StrictPretrainedInit)])
+        self.init_cfg = ([cfg for cfg in cfgs if cfg and cfg is not pretrained]
+                         + [dict(pretrained, type=STRICT_PRETRAINED)])
         try:
             super().init_weights()
         finally:
