@@ -26,12 +26,15 @@ mmpretrain, whose deploy keys say ``branch_reparam`` instead.
 """
 from __future__ import annotations
 
+import re
+import sys
 from typing import Dict, Optional
 
 from torch import Tensor
 
-from mmrep.converters.common import (Conversion, check_request, detect_deploy, drop_by_prefix,
-                                     rename_by_prefix, rename_parts, require_prefix)
+from mmrep.converters.common import (Conversion, Detection, check_request, detect_by_conversion,
+                                     detect_deploy, drop_by_prefix, rename_by_prefix, rename_parts,
+                                     require_prefix)
 from mmrep.models.backbones.base import NUM_STAGES
 from mmrep.models.backbones.mobileone import MobileOne
 
@@ -65,6 +68,23 @@ _LAYOUTS = {
                (('norm', 'bn'),)),  # the BN of each conv-BN branch
         head=('head.', 'neck.'), signature=('stage0.branch_conv_list.', 'stage0.branch_reparam.')),
 }
+
+
+# A key of this layout. timm's fused MobileOne stem (``stem.reparam_conv``) is timm's fused
+# RepVGG's too: both families then convert, and the one whose keys fit an arch is taken.
+_MARKERS = {
+    'official': re.compile(r'stage0\.(rbr_conv|reparam_conv)\.'),
+    'timm': re.compile(r'stem\.(conv_kxk\.\d+|reparam_conv)\.'),
+    'mmpretrain': re.compile(r'stage0\.(branch_conv_list|branch_reparam)\.'),
+}
+
+
+def detect(state: Dict[str, Tensor]) -> Optional[Detection]:
+    """The layout, arch and form of MobileOne weights from their keys and shapes; None if not."""
+    for source, marker in _MARKERS.items():
+        if any(marker.match(key) for key in state):
+            return detect_by_conversion(sys.modules[__name__], state, source)
+    return None
 
 
 def convert(state: Dict[str, Tensor], source: str, arch: Optional[str]) -> Conversion:

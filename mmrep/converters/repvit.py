@@ -37,13 +37,15 @@ arch refuses them by those keys.
 from __future__ import annotations
 
 import re
+import sys
 from functools import partial
 from typing import Dict, List, Optional, Tuple
 
 from torch import Tensor
 
-from mmrep.converters.common import (Conversion, ConversionError, check_request,
-                                     detect_deploy, first_keys, require_prefix)
+from mmrep.converters.common import (Conversion, ConversionError, Detection, check_request,
+                                     detect_by_conversion, detect_deploy, first_keys,
+                                     require_prefix)
 from mmrep.models.backbones.base import NUM_STAGES
 from mmrep.models.backbones.repvit import RepViT
 
@@ -179,6 +181,21 @@ def structure(state: Dict[str, Tensor], source: str) -> Tuple[Tuple[int, ...], b
         raise ConversionError(f'the {source} RepViT keys describe {len(depths)} stages with '
                               f'{list(depths)} blocks, not 4 stages: is it a RepViT checkpoint?')
     return depths, legacy
+
+
+# A key only this layout has: the stem's first conv-BN, in training or fused form.
+_MARKERS = {
+    'official': re.compile(r'features\.0\.0\.(c\.weight|weight)$'),
+    'timm': re.compile(r'stem\.conv1\.(c\.weight|weight)$'),
+}
+
+
+def detect(state: Dict[str, Tensor]) -> Optional[Detection]:
+    """The layout, arch and form of RepViT weights from their keys and shapes; None if not."""
+    for source, marker in _MARKERS.items():
+        if any(marker.match(key) for key in state):
+            return detect_by_conversion(sys.modules[__name__], state, source)
+    return None
 
 
 def convert(state: Dict[str, Tensor], source: str, arch: Optional[str]) -> Conversion:
