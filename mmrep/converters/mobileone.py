@@ -32,10 +32,8 @@ from typing import Dict, Optional
 
 from torch import Tensor
 
-from mmrep.converters.common import (Conversion, Detection, check_request, detect_by_conversion,
-                                     detect_deploy, drop_by_prefix, rename_by_prefix, rename_parts,
-                                     require_prefix)
-from mmrep.models.backbones.base import NUM_STAGES
+from mmrep.converters.common import (Conversion, Detection, check_request, detect_by_markers,
+                                     detect_deploy, rename_stem_and_stages)
 from mmrep.models.backbones.mobileone import MobileOne
 
 FAMILY = 'mobileone'
@@ -45,25 +43,25 @@ ARCHS = {f'mobileone-{name}': dict(type='MobileOne', arch=name)
 # timm model names (``mobileone_s0.apple_in1k``) -> ARCHS names
 TIMM_MODELS = {f'mobileone_{name}': f'mobileone-{name}' for name in MobileOne.arch_settings}
 
-# Per source: stem prefix, stage prefix (format with the stage number from
-# 'first_stage'), block part renames (applied in passes: a key gets at most one
-# rename per pass), head prefixes, and the prefixes that show the layout.
+# Per source (see common.rename_stem_and_stages): stem and stage prefixes, block part
+# renames in passes (a key gets at most one rename per pass), head prefixes, and the
+# prefixes that show the layout.
 _LAYOUTS = {
     'official': dict(
         stem='stage0.', stage='stage{}.', first_stage=1,
-        parts=((('rbr_conv', 'branch_convs'), ('rbr_scale', 'branch_scale'),
+        passes=((('rbr_conv', 'branch_convs'), ('rbr_scale', 'branch_scale'),
                 ('rbr_skip', 'branch_identity'), ('reparam_conv', 'branch_reparam'),
                 ('se.reduce', 'se.down'), ('se.expand', 'se.up')),),
         head=('linear.',), signature=('stage0.rbr_conv.', 'stage0.reparam_conv.')),
     'timm': dict(
         stem='stem.', stage='stages.{}.', first_stage=0,
-        parts=((('conv_kxk', 'branch_convs'), ('conv_scale', 'branch_scale'),
+        passes=((('conv_kxk', 'branch_convs'), ('conv_scale', 'branch_scale'),
                 ('identity', 'branch_identity'), ('reparam_conv', 'branch_reparam'),
                 ('attn.fc1', 'se.down'), ('attn.fc2', 'se.up')),),
         head=('head.', 'final_conv.'), signature=('stem.conv_kxk.', 'stem.reparam_conv.')),
     'mmpretrain': dict(
         stem='stage0.', stage='stage{}.', first_stage=1,
-        parts=((('branch_conv_list', 'branch_convs'), ('branch_norm', 'branch_identity'),
+        passes=((('branch_conv_list', 'branch_convs'), ('branch_norm', 'branch_identity'),
                 ('se.conv1.conv', 'se.down'), ('se.conv2.conv', 'se.up')),
                (('norm', 'bn'),)),  # the BN of each conv-BN branch
         head=('head.', 'neck.'), signature=('stage0.branch_conv_list.', 'stage0.branch_reparam.')),
@@ -81,10 +79,7 @@ _MARKERS = {
 
 def detect(state: Dict[str, Tensor]) -> Optional[Detection]:
     """The layout, arch and form of MobileOne weights from their keys and shapes; None if not."""
-    for source, marker in _MARKERS.items():
-        if any(marker.match(key) for key in state):
-            return detect_by_conversion(sys.modules[__name__], state, source)
-    return None
+    return detect_by_markers(sys.modules[__name__], state, _MARKERS)
 
 
 def convert(state: Dict[str, Tensor], source: str, arch: Optional[str]) -> Conversion:
@@ -94,13 +89,8 @@ def convert(state: Dict[str, Tensor], source: str, arch: Optional[str]) -> Conve
     """
     check_request('MobileOne', SOURCES, ARCHS, source, arch)
     layout = _LAYOUTS[source]
-    require_prefix(state, layout['signature'], f'{source} MobileOne')
-    state, dropped = drop_by_prefix(state, layout['head'])
-    stages = [(layout['stage'].format(i + layout['first_stage']), f'stages.{i}.')
-              for i in range(NUM_STAGES)]
-    state = rename_by_prefix(state, [(layout['stem'], 'stem.')] + stages)
-    for parts in layout['parts']:
-        state = rename_parts(state, parts)
+    state, dropped = rename_stem_and_stages(state, layout, layout['passes'],
+                                            f'{source} MobileOne')
     deploy = detect_deploy(state, r'\.branch_reparam\.',
                            r'\.branch_(convs|scale|identity)\.', f'{source} MobileOne')
     return Conversion(state, dropped, deploy)

@@ -44,8 +44,7 @@ from typing import Dict, List, Optional, Tuple
 from torch import Tensor
 
 from mmrep.converters.common import (Conversion, ConversionError, Detection, check_request,
-                                     detect_by_conversion, detect_deploy, first_keys,
-                                     require_prefix)
+                                     detect_by_markers, detect_deploy, first_keys, require_prefix)
 from mmrep.models.backbones.base import NUM_STAGES
 from mmrep.models.backbones.repvit import RepViT
 
@@ -192,10 +191,7 @@ _MARKERS = {
 
 def detect(state: Dict[str, Tensor]) -> Optional[Detection]:
     """The layout, arch and form of RepViT weights from their keys and shapes; None if not."""
-    for source, marker in _MARKERS.items():
-        if any(marker.match(key) for key in state):
-            return detect_by_conversion(sys.modules[__name__], state, source)
-    return None
+    return detect_by_markers(sys.modules[__name__], state, _MARKERS)
 
 
 def convert(state: Dict[str, Tensor], source: str, arch: Optional[str]) -> Conversion:
