@@ -290,7 +290,7 @@ def detect_by_conversion(family_module, state: Mapping[str, Tensor], source: str
 
 
 def detect_by_markers(family_module, state: Mapping[str, Tensor],
-                      markers: Mapping[str, 're.Pattern'], **convert_kwargs) -> Optional[Detection]:
+                      markers: Mapping, **convert_kwargs) -> Optional[Detection]:
     """A family's ``detect``: the first layout of ``markers`` (source -> key pattern) that a
     key matches, detected by :func:`detect_by_conversion`; None if no key matches."""
     for source, marker in markers.items():
