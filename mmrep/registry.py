@@ -40,10 +40,12 @@ from mmengine.registry import DefaultScope, Registry
 
 from mmrep.engine.cpu_ddp import CPUDistributedDataParallel
 from mmrep.engine.rep_deploy_hook import RepDeployHook
+from mmrep.models.backbones.mobileone import MobileOne
 from mmrep.models.backbones.orepa_resnet import OREPAResNet
 from mmrep.models.backbones.repghostnet import RepGhostNet
 from mmrep.models.backbones.replknet import RepLKNet
 from mmrep.models.backbones.repvgg import RepVGG
+from mmrep.models.backbones.repvit import RepViT
 from mmrep.models.necks.rep_pafpn import RepPAFPN
 
 SCOPE = 'mmrep'
@@ -151,7 +153,7 @@ LOG_PROCESSORS = _scope_registry(mmengine_registry.LOG_PROCESSORS)
 INFERENCERS = _scope_registry(mmengine_registry.INFERENCERS)
 FUNCTIONS = _scope_registry(mmengine_registry.FUNCTIONS)
 
-MODEL_CLASSES = (RepVGG, RepGhostNet, OREPAResNet, RepLKNet, RepPAFPN)
+MODEL_CLASSES = (RepVGG, RepGhostNet, OREPAResNet, RepLKNet, MobileOne, RepViT, RepPAFPN)
 HOOK_CLASSES = (RepDeployHook,)
 
 

@@ -21,8 +21,10 @@ from mmengine.runner import Runner
 
 DET_CONFIGS = ['mask-rcnn_orepa-r50_fpn_1x', 'retinanet_orepa-r18_1x',
                'retinanet_repghost_reppafpn_1x', 'mask-rcnn_repvgg-a0_reppafpn_1x',
-               'yolox-style_repvgg-a0_reppafpn']
-SEG_CONFIGS = ['upernet_replknet-31b_ade20k', 'upernet_repvgg-a0_camvid']
+               'yolox-style_repvgg-a0_reppafpn', 'mask-rcnn_repvit-m1.1_fpn_1x_coco',
+               'retinanet_mobileone-s1_fpn_1x_coco', 'retinanet_mobileone-s0_reppafpn-slim_shapes']
+SEG_CONFIGS = ['upernet_replknet-31b_ade20k', 'upernet_repvgg-a0_camvid',
+               'fpn_repvit-m1.1_ade20k-512x512_40k']
 SMALL_SCALE = (320, 256)
 
 
@@ -178,7 +180,8 @@ def test_detector_with_reppafpn_fuses_to_no_batchnorm(name):
 
 
 @pytest.mark.parametrize('name', ['retinanet_repghost_reppafpn_1x', 'mask-rcnn_repvgg-a0_reppafpn_1x',
-                                  'yolox-style_repvgg-a0_reppafpn'])
+                                  'yolox-style_repvgg-a0_reppafpn', 'mask-rcnn_repvit-m1.1_fpn_1x_coco',
+                                  'retinanet_mobileone-s1_fpn_1x_coco'])
 def test_detector_trains_one_iteration_on_coco128(name, tmp_path):
     init_default_scope('mmdet')
     train_one_iteration(det_train_cfg(name, tmp_path), name)

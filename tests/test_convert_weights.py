@@ -460,8 +460,9 @@ def test_safetensors_source(timm_a0, tmp_path):
         assert_same_features(expected, pretrained(RepVGG, tmp_path / 'out.pth', arch='A0')(image()))
 
 
-def test_all_four_families_are_registered():
-    assert set(FAMILY_MODULES) == {'repvgg', 'repghostnet', 'orepa', 'replknet'}
+def test_every_family_is_registered():
+    assert set(FAMILY_MODULES) == {'repvgg', 'repghostnet', 'orepa', 'replknet', 'mobileone',
+                                   'repvit'}
     for key in ('orepa', 'replknet'):
         try:  # H8b's modules (issue #8); absent only on a branch without them
             __import__(FAMILY_MODULES[key])
@@ -470,7 +471,7 @@ def test_all_four_families_are_registered():
                 raise
             pytest.skip(f'{FAMILY_MODULES[key]} is not in this tree yet')
     from mmrep.converters import FAMILIES
-    assert len(FAMILIES) == 4 and {'repvgg', 'repghostnet'} <= set(FAMILIES)
+    assert len(FAMILIES) == 6 and {'repvgg', 'repghostnet', 'mobileone', 'repvit'} <= set(FAMILIES)
     for module in FAMILIES.values():
         assert module.ARCHS and module.SOURCES and callable(module.convert)
         for arch in module.ARCHS:

@@ -98,6 +98,7 @@ def _assert_plain_graph(report):
     'retinanet_orepa-r18_1x.py',
     'retinanet_repghost_reppafpn_1x.py',
     'yolox-style_repvgg-a0_reppafpn.py',
+    'retinanet_mobileone-s1_fpn_1x_coco.py',
 ])
 def test_detection_configs_export(tmp_path, config):
     report = _deploy(tmp_path, config, 'detection_onnxruntime_static.py', _coco_image())

@@ -66,7 +66,8 @@ RUN_BY = {
 }
 
 # mmrep's command lines whose argument parsers a quoted command must satisfy
-TOOLS = ('train', 'test', 'deploy', 'convert_weights', 'benchmark', 'reparameterize')
+TOOLS = ('train', 'test', 'deploy', 'convert_weights', 'benchmark', 'reparameterize',
+         'convert_whole_model')
 
 
 def quoted_commands():

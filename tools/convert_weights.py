@@ -4,7 +4,8 @@
 
 ARCH (case-insensitive): repvgg-a0 ... repvgg-b3g4, repvgg-d2se;
 repghostnet-0.5x, -0.58x, -0.8x, -1.0x, -1.11x, -1.3x, -1.5x, -2.0x;
-orepa-resnet18/34/50/101; replknet-31b, -31l, -xl.
+orepa-resnet18/34/50/101; replknet-31b, -31l, -xl; mobileone-s0 ... -s4;
+repvit-m0.9, -m1.0, -m1.1, -m1.5, -m2.3, -m1, -m2, -m3.
 Load OUT with ``init_cfg=dict(type='Pretrained', checkpoint=OUT)`` in the
 backbone config printed at the end (``deploy=True`` for a deploy-form SRC).
 """
@@ -27,7 +28,7 @@ def parse_args(argv=None):
                         help='the layout of SRC')
     parser.add_argument('--arch', required=True,
                         help='e.g. repvgg-a0, repvgg-b1g4, repghostnet-1.0x, orepa-resnet50, '
-                             'replknet-31b')
+                             'replknet-31b, mobileone-s0, repvit-m1.1')
     parser.add_argument('--ema', action='store_true',
                         help='convert the EMA weights of SRC (timm: state_dict_ema; official '
                              "RepVGG: ema; mmengine EMAHook: state_dict) instead of the raw ones")

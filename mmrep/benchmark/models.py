@@ -110,6 +110,8 @@ MODEL_SPECS: Dict[str, ModelSpec] = {spec.name: spec for spec in [
     *backbone_rows('OREPA-ResNet-18', dict(type='OREPAResNet', depth=18)),
     *backbone_rows('OREPA-ResNet-50', dict(type='OREPAResNet', depth=50)),
     *backbone_rows('RepLKNet-31B', dict(type='RepLKNet', arch='31B')),
+    *backbone_rows('MobileOne-S0', dict(type='MobileOne', arch='s0'), timm='mobileone_s0'),
+    *backbone_rows('RepViT-M1.1', dict(type='RepViT', arch='m1.1'), timm='repvit_m1_1'),
     # RepPAFPN alone: the neck of that config, fed RepGhostNet-1.0x's feature maps
     ModelSpec('RepPAFPN', 'neck', config='mmrep::configs/retinanet_repghost_reppafpn_1x.py'),
     ModelSpec('RetinaNet-RepGhost', 'detector', config='mmrep::configs/retinanet_repghost_1x.py'),

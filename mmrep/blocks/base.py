@@ -16,6 +16,21 @@ NormLayer = Callable[[int], nn.Module]
 ActLayer = Callable[[], nn.Module]
 
 
+def make_divisible(value: float, divisor: int = 4, min_value: Optional[int] = None,
+                   round_limit: float = 0.9) -> int:
+    """Round ``value`` to the nearest multiple of ``divisor`` (at least ``min_value``,
+    default ``divisor``), rounding up when the nearest one is below ``round_limit * value``.
+
+    The MobileNet / GhostNet / RepGhostNet channel rule (``round_limit=0.9``);
+    timm's squeeze-excitation widths (RepViT) use ``round_limit=0``: plain rounding.
+    """
+    min_value = divisor if min_value is None else min_value
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < round_limit * value:
+        rounded += divisor
+    return rounded
+
+
 class ReparamModule(nn.Module):
     """A block with a multi-branch training form and a single-conv deploy form.
 
@@ -35,6 +50,29 @@ class ReparamModule(nn.Module):
     def fused_kernel_bias(self) -> fusion.KernelBias:
         """The ``(W, b)`` of the single conv this block is equal to."""
         raise NotImplementedError(f'{type(self).__name__} is not a single conv')
+
+
+def branch_kernel_bias(branch: nn.Module, in_channels: int, groups: int,
+                       like: torch.Tensor) -> fusion.KernelBias:
+    """The ``(W, b)`` of one parallel branch of a block that reads ``in_channels`` with ``groups``.
+
+    A branch is a conv-BN or another single-conv block (its
+    :meth:`~ReparamModule.fused_kernel_bias`), a plain conv (its weights, a
+    zero bias if it has none), a BatchNorm on the identity path
+    (:func:`~mmrep.fusion.fold_bn_module`) or the identity itself
+    (:func:`~mmrep.fusion.identity_kernel`, of ``like``'s dtype and device).
+    """
+    if isinstance(branch, ReparamModule):
+        return branch.fused_kernel_bias()
+    if isinstance(branch, nn.Conv2d):
+        bias = branch.bias if branch.bias is not None else fusion.zeros_bias(branch.weight)
+        return branch.weight, bias
+    if isinstance(branch, nn.modules.batchnorm._BatchNorm):
+        return fusion.fold_bn_module(branch, in_channels, groups)
+    if isinstance(branch, nn.Identity):
+        kernel = fusion.identity_kernel(in_channels, groups, dtype=like.dtype, device=like.device)
+        return kernel, fusion.zeros_bias(kernel)
+    raise TypeError(f'a {type(branch).__name__} branch is not a linear map mmrep can fuse')
 
 
 def conv_from(template: nn.Conv2d, kernel: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:

@@ -13,27 +13,13 @@ BatchNorm at all.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mmrep import fusion
-from mmrep.blocks.base import ActLayer, ConvBN, NormLayer, ReparamModule, conv_from
-
-
-def make_divisible(value: float, divisor: int = 4, min_value: Optional[int] = None) -> int:
-    """Round ``value`` to the nearest multiple of ``divisor`` (at least ``min_value``,
-    default ``divisor``), rounding up when the nearest one loses more than 10%.
-
-    The MobileNet / GhostNet / RepGhostNet channel rule.
-    """
-    min_value = divisor if min_value is None else min_value
-    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
-    if rounded < 0.9 * value:
-        rounded += divisor
-    return rounded
+from mmrep.blocks.base import (ActLayer, ConvBN, NormLayer, ReparamModule, conv_from,
+                               make_divisible)
 
 
 class HardSigmoidSE(nn.Module):

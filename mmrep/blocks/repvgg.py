@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from mmrep import fusion
-from mmrep.blocks.base import ActLayer, ConvBN, NormLayer, ReparamModule, conv_from
+from mmrep.blocks.base import (ActLayer, ConvBN, NormLayer, ReparamModule, branch_kernel_bias,
+                               conv_from)
 from mmrep.blocks.se import SqueezeExcite
 
 # The official RepVGG-D2se squeezes every block's channels by 16.
@@ -99,28 +100,16 @@ class RepVGGBlock(ReparamModule):
             out = self.se(out)
         return self.act(out)
 
-    def _branch_1x1_kernel_bias(self) -> fusion.KernelBias:
-        if isinstance(self.branch_1x1, ConvBN):
-            return self.branch_1x1.fused_kernel_bias()
-        kernel = self.branch_1x1.weight  # a bias-free conv (quant_friendly)
-        return kernel, fusion.zeros_bias(kernel)
-
-    def _identity_kernel_bias(self) -> fusion.KernelBias:
-        if self.post_norm is None:  # the plain block's identity is a BN
-            return fusion.fold_bn_module(self.branch_identity, self.in_channels, self.groups)
-        like = self.branch_3x3.fused_kernel_bias()[0]
-        kernel = fusion.identity_kernel(self.in_channels, self.groups,
-                                        dtype=like.dtype, device=like.device)
-        return kernel, fusion.zeros_bias(kernel)
-
     def fused_kernel_bias(self) -> fusion.KernelBias:
         """The ``(W, b)`` of the branch sum and post-sum BN (before SE and activation)."""
         if self.deploy:
             return self.branch_reparam.weight, self.branch_reparam.bias
-        branches = [self.branch_3x3.fused_kernel_bias(), self._branch_1x1_kernel_bias()]
+        branches = [self.branch_3x3, self.branch_1x1]
         if self.branch_identity is not None:
-            branches.append(self._identity_kernel_bias())
-        kernel, bias = fusion.sum_branches(branches)
+            branches.append(self.branch_identity)
+        like = self.branch_3x3.conv.weight
+        kernel, bias = fusion.sum_branches(
+            branch_kernel_bias(b, self.in_channels, self.groups, like) for b in branches)
         if self.post_norm is not None:  # the post-sum BN folds last, onto the summed conv
             kernel, bias = fusion.fold_bn(kernel, bias, self.post_norm)
         return kernel, bias

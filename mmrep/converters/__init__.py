@@ -33,6 +33,8 @@ FAMILY_MODULES = {
     'repghostnet': 'mmrep.converters.repghostnet',
     'orepa': 'mmrep.converters.orepa_resnet',
     'replknet': 'mmrep.converters.replknet',
+    'mobileone': 'mmrep.converters.mobileone',
+    'repvit': 'mmrep.converters.repvit',
 }
 
 
@@ -43,7 +45,7 @@ def _family_module(name: str) -> ModuleType:
 
 
 def __getattr__(name: str):
-    if name == 'FAMILIES':  # {FAMILY: module} of all four families
+    if name == 'FAMILIES':  # {FAMILY: module} of every family
         modules = [_family_module(key) for key in FAMILY_MODULES]
         return {module.FAMILY: module for module in modules}
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
@@ -64,7 +66,8 @@ def find_family(arch: str) -> ModuleType:
                               f'{", ".join(module.ARCHS)}')
     raise ConversionError(f'unknown --arch {arch!r}; archs start with '
                           f'{", ".join(k + "-" for k in FAMILY_MODULES)} '
-                          '(e.g. repvgg-a0, repghostnet-1.0x, orepa-resnet50, replknet-31b)')
+                          '(e.g. repvgg-a0, repghostnet-1.0x, orepa-resnet50, replknet-31b, '
+                          'mobileone-s0, repvit-m1.1)')
 
 
 def load_source(path: str, unsafe: bool = False):
@@ -90,6 +93,28 @@ def _compact(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def check_output_path(src: str, out: str, force: bool) -> None:
+    """Refuse to write onto the input, or onto an existing file unless ``force``."""
+    if osp.abspath(out) == osp.abspath(src):
+        raise ConversionError(f'OUT is the input {src}; choose another path')
+    if osp.exists(out) and not force:
+        raise FileExistsError(f'{out} exists; refusing to overwrite it (pass --force)')
+
+
+def write_checkpoint(out: str, state_dict: dict, meta: dict) -> None:
+    """Save ``{'state_dict', 'meta'}`` to ``out`` through a temporary file: never a half-written OUT."""
+    if osp.dirname(out):
+        os.makedirs(osp.dirname(out), exist_ok=True)
+    tmp = out + '.part'
+    try:
+        torch.save({'state_dict': {k: _compact(v) for k, v in state_dict.items()},
+                    'meta': meta}, tmp)
+        os.replace(tmp, out)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
+
+
 def convert_checkpoint(src: str, out: str, source: str, arch: str, ema: bool = False,
                        force: bool = False, logger=None, unsafe: bool = False) -> dict:
     """Convert the checkpoint ``src`` of ``source`` (official / timm / mmpretrain) for ``arch``.
@@ -109,10 +134,7 @@ def convert_checkpoint(src: str, out: str, source: str, arch: str, ema: bool = F
     if source not in family.SOURCES:
         raise ConversionError(f'--from {source}: {family.FAMILY} converts from '
                               f'{", ".join(family.SOURCES)}')
-    if osp.abspath(out) == osp.abspath(src):
-        raise ConversionError(f'OUT is the input {src}; choose another path')
-    if osp.exists(out) and not force:
-        raise FileExistsError(f'{out} exists; refusing to overwrite it (pass --force)')
+    check_output_path(src, out, force)
 
     state, dropped, notes = unwrap_checkpoint(load_source(src, unsafe), ema=ema)
     conversion = family.convert(state, source, arch)
@@ -125,16 +147,7 @@ def convert_checkpoint(src: str, out: str, source: str, arch: str, ema: bool = F
                   backbone=dict(backbone, init_cfg=dict(type='Pretrained', checkpoint=out)))
     meta = dict(report, converted_from=osp.abspath(src), mmrep_version=__version__)
     meta.pop('backbone')
-    if osp.dirname(out):
-        os.makedirs(osp.dirname(out), exist_ok=True)
-    tmp = out + '.part'
-    try:
-        torch.save({'state_dict': {k: _compact(v) for k, v in conversion.state_dict.items()},
-                    'meta': meta}, tmp)
-        os.replace(tmp, out)  # never a half-written OUT
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
+    write_checkpoint(out, conversion.state_dict, meta)
 
     log = lambda msg: print_log(msg, logger=logger or 'current')  # noqa: E731
     log(f'{src} ({source}, {"deploy" if conversion.deploy else "training"} form) -> {out}: '

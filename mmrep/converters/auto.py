@@ -42,7 +42,8 @@ from typing import List, Mapping, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from mmrep.converters.common import Conversion, Detection, detect_mmrep_layout, match_arch
+from mmrep.converters.common import (Conversion, ConversionError, Detection, detect_mmrep_layout,
+                                     match_arch)
 
 #: Bumped when any family's conversion gives other tensors for the same input:
 #: cached conversions of older versions are then ignored (and made anew).
@@ -71,12 +72,21 @@ def detect(state: Mapping[str, Tensor]) -> Optional[Detection]:
         found = detect_mmrep_layout(family, state)
         if found is not None:
             return found
+    # Layout markers of different families may overlap (timm's fused RepVGG and MobileOne
+    # stems are both ``stem.reparam_conv``; RepLKNet's and timm RepViT's blocks are both
+    # ``stages.0.blocks.0``): every family whose marker matches converts, and the one whose
+    # keys fit an arch wins; one that cannot convert the keys is not it.
+    layout_only = None
     for family in families:
         detector = getattr(family, 'detect', None)
-        found = detector(state) if detector is not None else None
-        if found is not None:
+        try:
+            found = detector(state) if detector is not None else None
+        except ConversionError:
+            continue
+        if found is not None and found.arch is not None:
             return found
-    return None
+        layout_only = layout_only or found
+    return layout_only
 
 
 def family_of(backbone: nn.Module) -> Optional[ModuleType]:

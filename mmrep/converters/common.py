@@ -289,6 +289,37 @@ def detect_by_conversion(family_module, state: Mapping[str, Tensor], source: str
     return Detection(family_module.FAMILY, source, arch, conversion.deploy)
 
 
+def detect_by_markers(family_module, state: Mapping[str, Tensor],
+                      markers: Mapping, **convert_kwargs) -> Optional[Detection]:
+    """A family's ``detect``: the first layout of ``markers`` (source -> key pattern) that a
+    key matches, detected by :func:`detect_by_conversion`; None if no key matches."""
+    for source, marker in markers.items():
+        if any(marker.match(key) for key in state):
+            return detect_by_conversion(family_module, state, source, **convert_kwargs)
+    return None
+
+
+def rename_stem_and_stages(state: Mapping[str, Tensor], layout: Mapping, passes: Sequence,
+                           what: str) -> Tuple[StateDict, List[str]]:
+    """Renaming of a layout that numbers four stages after a stem (RepVGG, MobileOne).
+
+    ``layout``: ``signature`` (key prefixes that show the layout), ``head``
+    (prefixes dropped), ``stem`` and ``stage`` (format with the stage number
+    from ``first_stage``) prefixes. ``passes``: tables for :func:`rename_parts`,
+    applied one after the other (a key gets one rename per pass). Returns the
+    renamed state and the dropped keys.
+    """
+    from mmrep.models.backbones.base import NUM_STAGES
+    require_prefix(state, layout['signature'], what)
+    state, dropped = drop_by_prefix(state, layout['head'])
+    stages = [(layout['stage'].format(i + layout['first_stage']), f'stages.{i}.')
+              for i in range(NUM_STAGES)]
+    state = rename_by_prefix(state, [(layout['stem'], 'stem.')] + stages)
+    for parts in passes:
+        state = rename_parts(state, parts)
+    return state, dropped
+
+
 def describe_against_arch(family_module, state: Mapping[str, Tensor], arch: str,
                           deploy: bool) -> str:
     """How converted ``state`` differs from the backbone of ``arch``: the keys, named."""

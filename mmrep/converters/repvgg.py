@@ -26,10 +26,8 @@ from typing import Dict, Optional
 
 from torch import Tensor
 
-from mmrep.converters.common import (Conversion, Detection, check_request, detect_by_conversion,
-                                     detect_deploy, drop_by_prefix, rename_by_prefix, rename_parts,
-                                     require_prefix)
-from mmrep.models.backbones.base import NUM_STAGES
+from mmrep.converters.common import (Conversion, Detection, check_request, detect_by_markers,
+                                     detect_deploy, rename_stem_and_stages)
 from mmrep.models.backbones.repvgg import RepVGG
 
 FAMILY = 'repvgg'
@@ -38,9 +36,8 @@ ARCHS = {f'repvgg-{name.lower()}': dict(type='RepVGG', arch=name) for name in Re
 # timm model names (``timm://repvgg_a0.rvgg_in1k``) -> ARCHS names
 TIMM_MODELS = {f'repvgg_{name.lower()}': f'repvgg-{name.lower()}' for name in RepVGG.arch_settings}
 
-# Per source: stem prefix, stage prefix (format with the stage number from
-# 'first_stage'), block part renames, head prefixes, and the prefixes that
-# show a checkpoint is of this layout.
+# Per source (see common.rename_stem_and_stages): stem and stage prefixes, block part
+# renames, head prefixes, and the prefixes that show a checkpoint is of this layout.
 _LAYOUTS = {
     'official': dict(
         stem='stage0.', stage='stage{}.', first_stage=1,
@@ -70,10 +67,7 @@ _MARKERS = {
 
 def detect(state: Dict[str, Tensor]) -> Optional[Detection]:
     """The layout, arch and form of RepVGG weights from their keys and shapes; None if not RepVGG."""
-    for source, marker in _MARKERS.items():
-        if any(marker.match(key) for key in state):
-            return detect_by_conversion(sys.modules[__name__], state, source)
-    return None
+    return detect_by_markers(sys.modules[__name__], state, _MARKERS)
 
 
 def convert(state: Dict[str, Tensor], source: str, arch: Optional[str]) -> Conversion:
@@ -83,12 +77,7 @@ def convert(state: Dict[str, Tensor], source: str, arch: Optional[str]) -> Conve
     """
     check_request('RepVGG', SOURCES, ARCHS, source, arch)
     layout = _LAYOUTS[source]
-    require_prefix(state, layout['signature'], f'{source} RepVGG')
-    state, dropped = drop_by_prefix(state, layout['head'])
-    stages = [(layout['stage'].format(i + layout['first_stage']), f'stages.{i}.')
-              for i in range(NUM_STAGES)]
-    state = rename_by_prefix(state, [(layout['stem'], 'stem.')] + stages)
-    state = rename_parts(state, layout['parts'])
+    state, dropped = rename_stem_and_stages(state, layout, [layout['parts']], f'{source} RepVGG')
     deploy = detect_deploy(state, r'\.branch_reparam\.', r'\.branch_(3x3|1x1|identity)\.',
                            f'{source} RepVGG')
     return Conversion(state, dropped, deploy)

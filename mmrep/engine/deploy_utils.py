@@ -23,7 +23,8 @@ from mmrep.reparam import count_unfused, fused_eval_copy, unwrap_model
 from mmrep.version import __version__
 
 # the registered mmrep types that take ``deploy=True`` to build the fused network directly
-DEPLOYABLE_TYPES = ('RepVGG', 'RepGhostNet', 'OREPAResNet', 'RepLKNet', 'RepPAFPN')
+DEPLOYABLE_TYPES = ('RepVGG', 'RepGhostNet', 'OREPAResNet', 'RepLKNet', 'MobileOne', 'RepViT',
+                    'RepPAFPN')
 
 
 class CheckpointMismatchError(RuntimeError):

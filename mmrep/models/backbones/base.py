@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from functools import partial
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.utils.checkpoint as cp
@@ -84,6 +84,37 @@ def check_choice(name: str, value, valid: Sequence) -> None:
     """Raise a ValueError naming ``value`` and listing the valid choices."""
     if value not in valid:
         raise ValueError(f'unknown {name} {value!r}; valid: {", ".join(map(repr, valid))}')
+
+
+def resolve_arch(family: str, arch: Union[str, Mapping], settings: Mapping[str, dict],
+                 required: Sequence[str], optional: Optional[Mapping] = None,
+                 per_stage: Sequence[str] = (), depths: Optional[str] = None) -> dict:
+    """An arch setting: a copy of ``settings[arch]`` for a name, else the checked dict.
+
+    A custom dict must have the ``required`` keys and no key outside
+    ``required`` and ``optional`` (whose values are the defaults filled in);
+    the ``per_stage`` keys hold one value per stage, and ``depths`` (a key)
+    at least one block per stage. Raises naming the offending keys or values.
+    """
+    optional = dict(optional or {})
+    if isinstance(arch, str):
+        check_choice(f'{family} arch', arch, list(settings))
+        return dict(optional, **settings[arch])
+    if not isinstance(arch, Mapping):
+        raise TypeError(f'arch must be a name or a dict, got {type(arch).__name__}')
+    missing = set(required) - set(arch)
+    unknown = set(arch) - set(required) - set(optional)
+    if missing or unknown:
+        raise ValueError(f'a custom {family} arch needs {" and ".join(required)} and may have '
+                         f'{" and ".join(optional)}; missing {sorted(missing)}, '
+                         f'unknown {sorted(unknown)}')
+    arch = dict(optional, **arch)
+    for key in per_stage:
+        if len(arch[key]) != NUM_STAGES:
+            raise ValueError(f'arch {key} needs {NUM_STAGES} values, got {arch[key]}')
+    if depths is not None and min(arch[depths]) < 1:
+        raise ValueError(f'every stage needs a block, got {depths}={arch[depths]}')
+    return arch
 
 
 class RepBackbone(BaseModule):

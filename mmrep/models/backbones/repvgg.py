@@ -6,7 +6,7 @@ from typing import Dict, Optional, Sequence, Union
 from torch import nn
 
 from mmrep.blocks.repvgg import RepVGGBlock
-from mmrep.models.backbones.base import NUM_STAGES, RepBackbone, check_choice, make_norm_layer
+from mmrep.models.backbones.base import RepBackbone, make_norm_layer, resolve_arch
 
 # The official RepVGG counts its blocks from 1 at the first block of stage 1
 # (the stem is layer 0) and makes every even layer up to 26 grouped in the g2/g4 models.
@@ -79,7 +79,9 @@ class RepVGG(RepBackbone):
         super().__init__(out_indices=out_indices, frozen_stages=frozen_stages,
                          norm_eval=norm_eval, with_cp=with_cp, deploy=deploy,
                          init_cfg=init_cfg)
-        arch = self._resolve_arch(arch)
+        arch = resolve_arch('RepVGG', arch, self.arch_settings, ('num_blocks', 'width_factor'),
+                            dict(group_layer_map=None, use_se=False),
+                            per_stage=('num_blocks', 'width_factor'), depths='num_blocks')
         self.arch = arch
         self.quant_friendly = quant_friendly
         num_blocks, factors = arch['num_blocks'], arch['width_factor']
@@ -101,23 +103,3 @@ class RepVGG(RepBackbone):
                 layer_id += 1
             self.stages.append(nn.Sequential(*blocks))
         self._freeze_stages()
-
-    @classmethod
-    def _resolve_arch(cls, arch: Union[str, dict]) -> dict:
-        if isinstance(arch, str):
-            check_choice('RepVGG arch', arch, list(cls.arch_settings))
-            return dict(cls.arch_settings[arch])
-        if not isinstance(arch, dict):
-            raise TypeError(f'arch must be a name or a dict, got {type(arch).__name__}')
-        missing = {'num_blocks', 'width_factor'} - set(arch)
-        unknown = set(arch) - {'num_blocks', 'width_factor', 'group_layer_map', 'use_se'}
-        if missing or unknown:
-            raise ValueError(f'a custom RepVGG arch needs num_blocks and width_factor and may '
-                             f'have group_layer_map and use_se; missing {sorted(missing)}, '
-                             f'unknown {sorted(unknown)}')
-        for key in ('num_blocks', 'width_factor'):
-            if len(arch[key]) != NUM_STAGES:
-                raise ValueError(f'arch {key} needs {NUM_STAGES} values, got {arch[key]}')
-        if min(arch['num_blocks']) < 1:
-            raise ValueError(f'every stage needs a block, got num_blocks={arch["num_blocks"]}')
-        return dict(arch)
