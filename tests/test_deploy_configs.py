@@ -8,6 +8,7 @@ import os
 import os.path as osp
 import sys
 
+import mmcv
 import pytest
 import torch
 import torch.nn.functional as F
@@ -47,8 +48,9 @@ def _random_checkpoint(cfg: Config, path: str) -> str:
     """Random weights, with BN statistics measured on random images (train-mode passes).
 
     Arbitrary BN statistics let activations grow through deep stacks until
-    YOLOX's exp() box sizes overflow (1e23 px boxes); measured ones keep every
-    layer's output normalized, as in a trained model.
+    YOLOX's exp() box sizes overflow (infinite boxes, which no comparison can
+    match); measured ones, the heads' included, keep every layer's output
+    normalized, as in a trained model.
     """
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     torch.manual_seed(0)
@@ -62,7 +64,16 @@ def _random_checkpoint(cfg: Config, path: str) -> str:
     model.train()
     with torch.no_grad():
         for _ in range(2):
-            model.extract_feat(torch.randn(2, 3, *SIZE))
+            # the check image and its mirror through the model's own preprocessing (YOLOX reads
+            # 0-255 unnormalized): noise images give far smaller deep activations than photos
+            photo = torch.from_numpy(mmcv.imresize(mmcv.imread(_coco_image()), SIZE[::-1]))
+            photo = photo.permute(2, 0, 1).contiguous()
+            pixels = [photo, photo.flip(-1)]
+            inputs = model.data_preprocessor(dict(inputs=pixels), False)['inputs']
+            feats = model.extract_feat(inputs)
+            for name in ('bbox_head', 'decode_head'):  # heads with BNs (YOLOX's, UPerNet's)
+                if getattr(model, name, None) is not None:
+                    getattr(model, name)(feats)
     torch.save({'state_dict': model.state_dict()}, path)
     return path
 

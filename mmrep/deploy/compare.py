@@ -5,16 +5,24 @@ import numpy as np
 import torch
 
 
+# coordinates (pixels) within which two boxes without area are the same box
+EQUAL_BOX_PX = 1e-3
+
+
 def _np(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
 def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of ``box`` with each of ``boxes``; two boxes without area (a box clipped to the image
+    edge, as an untrained head's often is) count as overlapping fully when they are equal."""
     lt = np.maximum(box[:2], boxes[:, :2])
     rb = np.minimum(box[2:], boxes[:, 2:])
     inter = np.clip(rb - lt, 0, None).prod(1)
     area = lambda b: np.clip(b[..., 2] - b[..., 0], 0, None) * np.clip(b[..., 3] - b[..., 1], 0, None)
-    return inter / np.maximum(area(box) + area(boxes) - inter, 1e-9)
+    union = area(box) + area(boxes) - inter
+    equal = np.abs(boxes - box).max(1) <= EQUAL_BOX_PX
+    return np.where(union > 1e-9, inter / np.maximum(union, 1e-9), equal.astype(float))
 
 
 def _match(ref, test, top_k):
@@ -98,6 +106,17 @@ def compare_segmentation_logits(ref, test) -> dict:
                 logits_rel_diff=diff / scale, logit_argmax_agreement=float(1 - flips.mean()),
                 logit_argmax_flips=int(flips.sum()), flip_max_margin=flip_margin,
                 median_top2_margin=float(np.median(margin)))
+
+
+def boxes_within_image(sample) -> bool:
+    """Do all of a detection data sample's boxes lie within its original image?"""
+    instances = getattr(sample, 'pred_instances', None)
+    if instances is None or 'bboxes' not in instances or 'ori_shape' not in sample.metainfo:
+        return True
+    height, width = sample.metainfo['ori_shape'][:2]
+    boxes = instances.bboxes
+    return bool(((boxes[:, 0::2] >= 0) & (boxes[:, 0::2] <= width)).all()
+                and ((boxes[:, 1::2] >= 0) & (boxes[:, 1::2] <= height)).all())
 
 
 def clip_to_image(sample) -> int:

@@ -31,7 +31,8 @@ from mmrep.reparam import count_unfused
 
 from .calibration import (DEFAULT_CALIB_IMAGES, DeployInputError, Int8InputError,
                           check_static_inputs, held_out_split)
-from .compare import clip_to_image, compare_predictions, compare_segmentation_logits
+from .compare import (boxes_within_image, clip_to_image, compare_predictions,
+                      compare_segmentation_logits)
 from .evaluation import DEFAULT_MAX_DROP
 from .graph_checks import check_onnx_graph, count_conv2d_run
 
@@ -276,7 +277,10 @@ def export_and_verify(deploy_cfg: Union[str, Config], model_cfg: Union[str, Conf
         ref, conv2d_run = count_conv2d_run(
             torch_model, lambda: torch_model.test_step(copy.deepcopy(data))[0])
         test = backend_model.test_step(copy.deepcopy(data))[0]
-    clipped = clip_to_image(test)
+    # the backend's boxes are clipped as PyTorch's are: to the image when PyTorch clips there
+    # (mmdet's bbox coders; mmdeploy's graph clips at the padded input), not at all for a
+    # head that does not clip (YOLOX), whose graph does not either
+    clipped = clip_to_image(test) if boxes_within_image(ref) else 0
     cmp = compare_with_torch(task, torch_model, ref, test, onnx_path, data, top_k)
     if task != 'Segmentation':
         cmp['boxes_clipped_to_image'] = clipped
