@@ -674,21 +674,23 @@ def _torch_weights_only_load(source, map_location, mmap):
 
 def download_checkpoint(url: str, model_dir: Optional[str] = None, progress: bool = True,
                         check_hash: bool = False, file_name: Optional[str] = None) -> str:
-    """Download ``url`` into torch hub's checkpoint cache (as ``torch.hub`` does); its path.
+    """Download ``url`` into torch hub's checkpoint cache (where ``torch.hub`` puts it); its path.
 
-    A file already in the cache is not downloaded again.
+    A file already in the cache is not downloaded again. The download is
+    :func:`mmrep.hub.download`, the one downloader: a file is kept only when it
+    arrived complete (and, with ``check_hash``, its sha256 starts with the
+    prefix in its name), and a web page instead of a checkpoint is refused.
+    ``progress`` is accepted for ``torch.hub``'s signature; the download is
+    logged instead.
     """
-    from torch.hub import HASH_REGEX, download_url_to_file, get_dir
+    from torch.hub import get_dir
+
+    from mmrep.hub import download, hash_prefix_of
     model_dir = model_dir or osp.join(get_dir(), 'checkpoints')
-    os.makedirs(model_dir, exist_ok=True)
     filename = file_name or osp.basename(urlparse(url).path)
     cached = osp.join(model_dir, filename)
     if not osp.exists(cached):
-        hash_prefix = None
-        if check_hash:
-            match = HASH_REGEX.search(filename)
-            hash_prefix = match.group(1) if match else None
-        download_url_to_file(url, cached, hash_prefix, progress=progress)
+        download(url, cached, hash_prefix_of(filename) if check_hash else None)
     if zipfile.is_zipfile(cached):  # torch < 1.6 hub files: one checkpoint zipped
         with zipfile.ZipFile(cached) as archive:
             members = archive.infolist()

@@ -16,6 +16,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 STACK="${MMREP_STACK:-current}"
 VENV="${MMREP_VENV:-$ROOT/.venv}"
+# relative to where the command runs: the mmcv build below works in another directory
+case "$VENV" in /*) ;; *) VENV="$PWD/$VENV" ;; esac
 WHEELS="${MMREP_WHEEL_CACHE:-$HOME/.cache/mmrep/wheels}"
 LOCK="$ROOT/requirements/$STACK.txt"
 PY="$VENV/bin/python"

@@ -47,7 +47,7 @@ def served(tmp_path, monkeypatch):
     torch.save({'state_dict': nn.Linear(2, 2).state_dict()}, files / 'good.pth')
     monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
     with serve_directory(files) as url:
-        yield types.SimpleNamespace(url=url, marker=marker,
+        yield types.SimpleNamespace(url=url, marker=marker, files=files,
                                     cache=tmp_path / 'torch_home' / 'hub' / 'checkpoints')
 
 
@@ -116,6 +116,25 @@ def test_good_checkpoint_over_http_loads_and_is_cached(served):
     ckpt = _load_checkpoint(f'{served.url}/good.pth', map_location='cpu')
     assert set(ckpt['state_dict']) == {'weight', 'bias'}
     assert (served.cache / 'good.pth').is_file()
+
+
+def test_url_downloads_keep_only_complete_checked_files(served):
+    """URLs download through mmrep.hub's downloader: a web page or a file whose sha256 does not
+    start with the prefix in its name is refused, and nothing is left in the cache."""
+    from mmrep.hub import DownloadError
+    (served.files / 'page.pth').write_text('<!DOCTYPE html><html>sign in</html>')
+    with pytest.raises(DownloadError, match='a web page, not a checkpoint'):
+        safe.load_url(f'{served.url}/page.pth')
+    good = (served.files / 'good.pth').read_bytes()
+    (served.files / 'good-0123abcd.pth').write_bytes(good)
+    with pytest.raises(DownloadError, match='does not start with the 0123abcd'):
+        safe.load_url(f'{served.url}/good-0123abcd.pth', check_hash=True)
+    assert not served.cache.exists() or not list(served.cache.iterdir())
+    import hashlib
+    prefix = hashlib.sha256(good).hexdigest()[:8]
+    (served.files / f'good-{prefix}.pth').write_bytes(good)
+    ckpt = safe.load_url(f'{served.url}/good-{prefix}.pth', check_hash=True)
+    assert set(ckpt['state_dict']) == {'weight', 'bias'}
 
 
 def test_a_downloaded_copy_can_be_trusted(served, monkeypatch):

@@ -132,11 +132,11 @@ def test_wheel_of_the_old_layout_is_adopted_for_its_own_stack_only(tmp_path, leg
     assert run('adopt-legacy', wheels, '2.1.0', '3.11', '2.14.1', 'cpu')[0] == ''  # once
 
 
-def setup_env(env, root=REPO_ROOT):
+def setup_env(env, root=REPO_ROOT, cwd=None):
     environ = {k: v for k, v in os.environ.items() if not k.startswith('MMREP_')}
     environ.update(env)
     return subprocess.run(['bash', osp.join(root, 'scripts', 'setup_env.sh')], capture_output=True,
-                          text=True, env=environ)
+                          text=True, env=environ, cwd=cwd)
 
 
 def test_unknown_stack_lists_the_stacks(tmp_path):
@@ -158,6 +158,17 @@ def test_a_venv_holding_another_stack_is_refused_untouched(tmp_path):
     assert "holds the stack 'classic', not 'current'" in done.stderr
     assert sorted(p.name for p in venv.rglob('*')) == before
     assert (venv / '.mmrep-stack').read_text() == 'classic\n'
+
+
+def test_a_relative_venv_is_taken_from_the_current_directory(tmp_path):
+    # the mmcv build runs in another directory: a relative venv path must be made absolute
+    venv = tmp_path / 'project' / '.venv-x'
+    (venv / 'bin').mkdir(parents=True)
+    (venv / 'bin' / 'python').symlink_to(sys.executable)
+    (venv / '.mmrep-stack').write_text('classic\n')
+    done = setup_env({'MMREP_STACK': 'current', 'MMREP_VENV': '.venv-x'}, cwd=tmp_path / 'project')
+    assert done.returncode != 0
+    assert f"{venv} holds the stack 'classic'" in done.stderr
 
 
 def test_a_stack_whose_python_is_missing_says_so(tmp_path):
