@@ -520,3 +520,23 @@ def test_openvino_paths_run_the_fused_export_and_record_the_precision(tmp_path):
     scale = want[-1].abs().max().item()
     assert abs(got[-1] - want[-1].numpy()).max() < 0.05 * scale  # bf16 is ~1% of the scale
     assert len(int8.call()) == len(want)
+
+
+def test_onnxruntime_int8_path_quantizes_every_op_type_and_runs(tmp_path):
+    """The benchmark's INT8 row: random-input calibration of a fused conv net, QDQ nodes in the
+    graph, and outputs near fp32's (op_types=None once raised TypeError inside onnxruntime)."""
+    import onnx
+    import onnxruntime as ort
+    from mmrep.benchmark.runtimes import export_onnx, onnx_feeds, quantize_onnx_random
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                        nn.ReLU(), nn.AdaptiveAvgPool2d(1)).eval()
+    x = torch.rand(1, 3, 32, 32)
+    fp32 = export_onnx(net, (x,), str(tmp_path / 'fp32.onnx'))
+    int8 = quantize_onnx_random(fp32, [x], str(tmp_path / 'int8.onnx'))
+    ops = {node.op_type for node in onnx.load(int8).graph.node}
+    assert {'QuantizeLinear', 'DequantizeLinear'} <= ops
+    session = ort.InferenceSession(int8, providers=['CPUExecutionProvider'])
+    out = session.run(None, onnx_feeds(int8, [x]))[0]
+    ref = net(x).detach().numpy()
+    assert abs(out - ref).max() <= 0.05 * abs(ref).max() + 1e-3

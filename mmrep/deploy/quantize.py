@@ -174,7 +174,10 @@ def quantize_onnx(fp32_path: str, int8_path: str, reader,
     """
     from onnxruntime.quantization import QDQQuantizer, QuantType
     from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
     from pathlib import Path
+    if op_types is None:  # every type onnxruntime quantizes, as quantize_static takes None
+        op_types = sorted(set(QDQRegistry) | set(QLinearOpsRegistry))
     with tempfile.TemporaryDirectory(prefix='mmrep-quantize-') as tmp:
         source = _at_least_opset(fp32_path, PER_CHANNEL_MIN_OPSET,
                                  osp.join(tmp, f'opset{PER_CHANNEL_MIN_OPSET}.onnx'))
