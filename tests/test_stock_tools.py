@@ -83,6 +83,11 @@ def _venv_with_mmrep(root: str, editable: bool) -> dict:
     # a path line, not a site dir: this venv's own .pth files (its mmrep) stay unread
     with open(osp.join(site, 'shared_site_packages.pth'), 'w') as f:
         f.write(sysconfig.get_paths()['purelib'] + '\n')
+    # ...except setuptools' distutils shim: Python >= 3.12 has no distutils, and mmengine's
+    # collect_env (every Runner) imports it, as it does in the environment the user has
+    shim = osp.join(sysconfig.get_paths()['purelib'], 'distutils-precedence.pth')
+    if osp.isfile(shim):
+        shutil.copy(shim, site)
     return dict(python=python, site=site, package_root=src if editable else site)
 
 
