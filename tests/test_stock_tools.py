@@ -85,9 +85,11 @@ def _venv_with_mmrep(root: str, editable: bool) -> dict:
         f.write(sysconfig.get_paths()['purelib'] + '\n')
     # ...except setuptools' distutils shim: Python >= 3.12 has no distutils, and mmengine's
     # collect_env (every Runner) imports it, as it does in the environment the user has
+    # (.pth files are read in name order: after the path line, which makes _distutils_hack
+    # importable)
     shim = osp.join(sysconfig.get_paths()['purelib'], 'distutils-precedence.pth')
     if osp.isfile(shim):
-        shutil.copy(shim, site)
+        shutil.copy(shim, osp.join(site, 'zz-distutils-precedence.pth'))
     return dict(python=python, site=site, package_root=src if editable else site)
 
 
