@@ -1,11 +1,13 @@
 """Differences between the versions of torch, mmengine and mmcv that mmrep supports.
 
 * ``torch.onnx.export``'s exporter choice, and ONNX symbolics a newer torch removed.
+* Whether nncf (OpenVINO INT8) imports with this torch.
 
 (Safe checkpoint loading, which lived here, is :mod:`mmrep.checkpoint`.)
 """
 import functools
 import inspect
+from typing import Optional
 
 import torch
 
@@ -61,3 +63,21 @@ def restore_cast_long_symbolic() -> None:
     import torch.onnx.symbolic_opset9 as opset9
     if not hasattr(opset9, '_cast_Long'):
         opset9._cast_Long = _cast_long
+
+
+# ---------------------------------------------------------------------------
+# nncf: nncf 3.x maps its dtypes to torch.uint16 and friends, which torch 2.3 added; with
+# an older torch (the classic stack's 2.1) ``import nncf`` raises AttributeError.
+
+
+def nncf_unavailable() -> Optional[str]:
+    """Why nncf cannot be used with this torch, or None when it imports."""
+    import importlib.util
+    if importlib.util.find_spec('nncf') is None:
+        return 'nncf is not installed'
+    try:
+        import nncf  # noqa: F401
+    except Exception as exc:  # AttributeError on torch < 2.3, not an ImportError
+        return (f'nncf does not import with torch {torch.__version__} '
+                f'({type(exc).__name__}: {exc}); nncf 3.x needs torch>=2.3')
+    return None

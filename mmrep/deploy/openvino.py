@@ -36,6 +36,8 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from mmrep import compat
+
 PRECISIONS = ('f32', 'bf16', 'int8')
 # nncf.QuantizationPreset: 'performance' = symmetric weights and activations,
 # 'mixed' = symmetric weights, asymmetric activations
@@ -217,7 +219,10 @@ def quantize(model, calibration: Iterable, preset: str = DEFAULT_NNCF_PRESET,
     items = calibration if hasattr(calibration, '__len__') else list(calibration)
     if not len(items):
         raise OpenVINOError('INT8 quantization needs at least one calibration input')
-    import nncf  # slow to import: only here
+    problem = compat.nncf_unavailable()  # imports nncf (slow: only here)
+    if problem:
+        raise OpenVINOError(f'INT8 quantizes with NNCF, but {problem}')
+    import nncf
     present = {op.get_type_name() for op in model.get_ordered_ops()}
     if not present & set(op_types):
         raise OpenVINOError(f'the model has no {"/".join(op_types)} op to quantize')

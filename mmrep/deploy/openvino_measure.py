@@ -31,6 +31,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from mmrep import compat
 from mmrep.engine.measure import time_ms
 
 from . import openvino as mov
@@ -51,6 +52,11 @@ def check_openvino_request(task: str, options: dict) -> None:
     if missing:
         raise mov.OpenVINOError(f'--backend openvino needs {" and ".join(missing)}: '
                                 "pip install 'mmrep[deploy]' (openvino==2026.4.1, nncf==3.4.0)")
+    if options.get('precision') == 'int8':
+        problem = compat.nncf_unavailable()
+        if problem:
+            raise mov.OpenVINOError(f'--precision int8 quantizes with NNCF, but {problem}. Use '
+                                    '--precision bf16 or f32, or onnxruntime INT8 (--int8)')
     precision = options.get('precision')
     mov._check_precision(precision)
     if options.get('preset', mov.DEFAULT_NNCF_PRESET) not in mov.NNCF_PRESETS:
