@@ -108,15 +108,23 @@ def compare_segmentation_logits(ref, test) -> dict:
                 median_top2_margin=float(np.median(margin)))
 
 
-def boxes_within_image(sample) -> bool:
-    """Do all of a detection data sample's boxes lie within its original image?"""
+def _boxes_and_clipped(sample):
+    """A detection data sample's boxes and a copy clipped to its original image; None without."""
     instances = getattr(sample, 'pred_instances', None)
     if instances is None or 'bboxes' not in instances or 'ori_shape' not in sample.metainfo:
-        return True
+        return None
     height, width = sample.metainfo['ori_shape'][:2]
     boxes = instances.bboxes
-    return bool(((boxes[:, 0::2] >= 0) & (boxes[:, 0::2] <= width)).all()
-                and ((boxes[:, 1::2] >= 0) & (boxes[:, 1::2] <= height)).all())
+    clipped = boxes.clone()
+    clipped[:, 0::2] = clipped[:, 0::2].clamp(0, width)
+    clipped[:, 1::2] = clipped[:, 1::2].clamp(0, height)
+    return boxes, clipped
+
+
+def boxes_within_image(sample) -> bool:
+    """Do all of a detection data sample's boxes lie within its original image?"""
+    pair = _boxes_and_clipped(sample)
+    return pair is None or torch.equal(*pair)
 
 
 def clip_to_image(sample) -> int:
@@ -129,17 +137,12 @@ def clip_to_image(sample) -> int:
     up to y=481). The graph cannot know the image size of a later input, so the
     host clips, as mmdet does. A sample without boxes is left as it is.
     """
-    instances = getattr(sample, 'pred_instances', None)
-    if instances is None or 'bboxes' not in instances or 'ori_shape' not in sample.metainfo:
+    pair = _boxes_and_clipped(sample)
+    if pair is None:
         return 0
-    height, width = sample.metainfo['ori_shape'][:2]
-    boxes = instances.bboxes
-    clipped = boxes.clone()
-    clipped[:, 0::2] = clipped[:, 0::2].clamp(0, width)
-    clipped[:, 1::2] = clipped[:, 1::2].clamp(0, height)
-    changed = int((clipped != boxes).any(dim=1).sum())
-    instances.bboxes = clipped
-    return changed
+    boxes, clipped = pair
+    sample.pred_instances.bboxes = clipped
+    return int((clipped != boxes).any(dim=1).sum())
 
 
 def compare_predictions(task: str, ref, test, top_k: int = 20) -> dict:
